@@ -59,3 +59,33 @@ def build_labels(root: Path, n_train: int = 12, n_val: int = 6, size: int = 64) 
     for split in ("train", "val"):
         df[df.split == split].to_csv(out / f"{split}.csv", index=False)
     return out
+
+
+_CACHE: dict[str, Path] = {}
+
+
+def small_params(**train):
+    from deqa.config import Params
+
+    p = Params()
+    p.train.epochs = 2
+    p.train.batch_pairs = 4
+    p.train.lr = 3e-3
+    p.train.checkpoint_every = 1000
+    p.train.log_every = 1
+    for k, v in train.items():
+        setattr(p.train, k, v)
+    return p
+
+
+def trained_model(tmp_root: Path) -> dict[str, Path]:
+    """Build (once per test session) a base checkpoint, labels and a trained adapter."""
+    if "model" not in _CACHE:
+        from deqa.training import train
+
+        root = Path(tmp_root)
+        base = build_base(root / "base")
+        labels = build_labels(root)
+        train(small_params(), labels, base, root / "model", root / "ckpt", None, progress=False)
+        _CACHE.update(base=base, labels=labels, model=root / "model", images=root / "images", root=root)
+    return dict(_CACHE)

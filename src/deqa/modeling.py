@@ -50,9 +50,13 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def load_processor(path: str | Path, trust_remote_code: bool = False):
+    """The processor saved in ``path`` (a checkpoint or a trained adapter folder)."""
     from transformers import AutoProcessor
 
-    return AutoProcessor.from_pretrained(resolve_checkpoint(path), trust_remote_code=trust_remote_code)
+    path = Path(path)
+    has_own = any(path.glob("*processor_config.json")) or (path / "tokenizer_config.json").exists()
+    return AutoProcessor.from_pretrained(path if has_own else resolve_checkpoint(path),
+                                         trust_remote_code=trust_remote_code)
 
 
 def load_model(path: str | Path, dtype: torch.dtype | str | None = None, trust_remote_code: bool = False,

@@ -397,7 +397,7 @@ def train(params: Params, labels_dir: str | Path, base_dir: str | Path, out_dir:
                 continue
             global_step += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{float(losses['loss']):.4f}", epoch=epoch)
+            bar.set_postfix(loss=f"{float(losses['loss'].detach()):.4f}", epoch=epoch)
             if global_step % tcfg.log_every == 0 or global_step == total:
                 n = running.pop("n")
                 if live is not None:
