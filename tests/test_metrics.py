@@ -287,23 +287,29 @@ def test_evaluate_predictions_rejects_bad_frames():
         metrics.evaluate_predictions(df)
 
 
-def test_plot_tables():
+def test_plot_tables(tmp_path):
     df = make_predictions(n_per=20)
     tables = metrics.plot_tables(df)
-    scatter, confusion = tables["scatter"], tables["confusion"]
-    assert set(scatter.split) == {"test"}  # test split by default
-    assert len(scatter) == 40 and len(confusion) == 40
-    assert {"dataset", "m", "mos", "pred_mean"} <= set(scatter.columns)
+    assert sorted(tables) == ["confusion", "scatter/alpha", "scatter/beta"]
+    alpha, confusion = tables["scatter/alpha"], tables["confusion"]
+    assert set(alpha.split) == {"test"} and set(alpha.dataset) == {"alpha"}  # test split by default
+    assert len(alpha) == 20 and len(confusion) == 40
+    assert {"dataset", "m", "mos", "pred_mean"} <= set(alpha.columns)
     assert list(confusion.columns) == ["dataset", "split", "actual", "predicted"]
     assert set(confusion.actual) <= set(metrics.LEVEL_NAMES)
-    row = scatter.iloc[0]
-    match = confusion.iloc[0]
+    row = alpha.iloc[0]
+    match = confusion.iloc[0]  # both sorted by dataset, image
     assert match.actual == metrics.LEVEL_NAMES[metrics.score_to_level(row.m) - 1]
     assert match.predicted == metrics.LEVEL_NAMES[metrics.score_to_level(row.pred_mean) - 1]
-    assert len(metrics.plot_tables(df, split=None)["scatter"]) == 80
-    assert set(metrics.plot_tables(df, split="val")["scatter"].split) == {"val"}
+    assert len(metrics.plot_tables(df, split=None)["confusion"]) == 80
+    assert set(metrics.plot_tables(df, split="val")["scatter/beta"].split) == {"val"}
     with pytest.raises(ValueError, match="no predictions"):
         metrics.plot_tables(df, split="train")
+    df.loc[df.dataset == "beta", "dataset"] = "LIVE C/wild"
+    paths = metrics.write_plot_tables(df, tmp_path / "plots")
+    names = sorted(p.relative_to(tmp_path / "plots").as_posix() for p in paths)
+    assert names == ["confusion.csv", "scatter/LIVE_C_wild.csv", "scatter/alpha.csv"]
+    assert len(pd.read_csv(tmp_path / "plots/scatter/LIVE_C_wild.csv")) == 20
 
 
 def test_levels_agree_with_the_onehot_labels_of_deqa_labels():

@@ -161,7 +161,11 @@ class EvaluateConfig:
 
 @dataclass
 class ReportConfig:
+    """``report`` stage: ``examples`` best and worst images shown; ``experiments``: compare
+    ``dvc exp show --json`` runs (false skips the call, e.g. without git)."""
+
     examples: int = 4
+    experiments: bool = True
 
 
 @dataclass

@@ -32,8 +32,10 @@ Conventions
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -440,19 +442,27 @@ def default_plot_split(df: pd.DataFrame) -> str | None:
     return None
 
 
-def plot_tables(df: pd.DataFrame, split: str | None = "auto") -> dict[str, pd.DataFrame]:
-    """Data files for the DVC plots, keyed by file stem (write each as ``<stem>.csv``).
+def _file_stem(name: str) -> str:
+    """A dataset name as a safe file stem (letters, digits, ``_``, ``-``, ``.``)."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).strip("._")
+    return stem or "dataset"
 
-    - ``scatter``: one row per image, columns ``dataset``, ``split``, ``image``, ``mos``, ``m``,
-      ``pred_mean``, ``s``, ``pred_std`` (x: ``m``, y: ``pred_mean``).
-    - ``confusion``: one row per image, columns ``dataset``, ``split``, ``actual``, ``predicted``
-      with level labels ``"1 bad"``..``"5 excellent"`` (DVC's ``confusion`` template counts them).
+
+def plot_tables(df: pd.DataFrame, split: str | None = "auto") -> dict[str, pd.DataFrame]:
+    """Data files of the DVC plots, keyed by path under ``data/evaluate/plots`` without ``.csv``.
+
+    - ``scatter/<dataset>``: one table per dataset (one DVC scatter plot each), one row per
+      image, columns ``dataset``, ``split``, ``image``, ``mos``, ``m``, ``pred_mean``, ``s``,
+      ``pred_std`` (plotted: x ``m``, y ``pred_mean``). Dataset names are made file-safe.
+    - ``confusion``: one row per image of every dataset, columns ``dataset``, ``split``,
+      ``actual``, ``predicted`` with level labels ``"1 bad"``..``"5 excellent"`` (DVC's
+      ``confusion`` template counts them; levels as in :func:`score_to_level`).
 
     ``split="auto"`` keeps the rows of :func:`default_plot_split`; ``None`` keeps every row; any
     other value keeps that split (a split with no rows raises ``ValueError``).
     """
-    missing = [c for c in ("dataset", "split", "image", "mos", "m", "s", "pred_mean", "pred_std")
-               if c not in df.columns]
+    columns = ["dataset", "split", "image", "mos", "m", "s", "pred_mean", "pred_std"]
+    missing = [c for c in columns if c not in df.columns]
     if missing:
         raise ValueError(f"predictions are missing column(s) {', '.join(missing)}")
     if split == "auto":
@@ -463,9 +473,15 @@ def plot_tables(df: pd.DataFrame, split: str | None = "auto") -> dict[str, pd.Da
             raise ValueError(f"plot_tables: no predictions for split {split!r}")
     df = df[np.isfinite(df["m"].astype(float)) & np.isfinite(df["pred_mean"].astype(float))]
     df = df.sort_values(["dataset", "image"], kind="stable")
-    scatter = df[["dataset", "split", "image", "mos", "m", "pred_mean", "s", "pred_std"]].reset_index(drop=True)
+    out: dict[str, pd.DataFrame] = {}
+    scatter = df[["dataset", "split", "image", "mos", "m", "pred_mean", "s", "pred_std"]]
+    for dataset, part in scatter.groupby(scatter["dataset"].astype(str), sort=True):
+        key = f"scatter/{_file_stem(dataset)}"
+        if key in out:
+            raise ValueError(f"plot_tables: datasets {dataset!r} and another map to the same file {key}.csv")
+        out[key] = part.reset_index(drop=True)
     names = np.asarray(LEVEL_NAMES)
-    confusion = pd.DataFrame(
+    out["confusion"] = pd.DataFrame(
         {
             "dataset": df["dataset"].to_numpy(),
             "split": df["split"].to_numpy(),
@@ -473,4 +489,16 @@ def plot_tables(df: pd.DataFrame, split: str | None = "auto") -> dict[str, pd.Da
             "predicted": names[score_to_level(df["pred_mean"].to_numpy(float)) - 1],
         }
     )
-    return {"scatter": scatter, "confusion": confusion}
+    return out
+
+
+def write_plot_tables(df: pd.DataFrame, out_dir: str | Path = "data/evaluate/plots",
+                      split: str | None = "auto") -> list[Path]:
+    """Write :func:`plot_tables` as ``<out_dir>/<key>.csv`` (the files ``dvc.yaml`` plots)."""
+    paths = []
+    for key, table in plot_tables(df, split).items():
+        path = Path(out_dir) / f"{key}.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(path, index=False)
+        paths.append(path)
+    return paths
