@@ -69,10 +69,16 @@ def fixture_repo(tmp_path: Path) -> Path:
     (tmp_path / "metrics/discretisation.json").write_text(json.dumps({"synthetic": {
         "n": 100, "mean_error": 0.0072, "onehot_mean_error": 0.303, "std_error": 0.05,
         "onehot_std_error": 0.4, "js": 0.001, "fallbacks": 3}}))
-    (tmp_path / "metrics/validate.json").write_text(json.dumps({"rows": 22, "quarantined": 1, "success": True}))
+    (tmp_path / "metrics/validate.json").write_text(json.dumps(
+        {"rows": 22, "quarantined": 1, "success": True,
+         "failing_rows": {f"check_{i}": int(i == 3) * 2 for i in range(12)}}))
     (tmp_path / "data/validate").mkdir(parents=True)
     (tmp_path / "data/validate/report.json").write_text(json.dumps(
         {"success": True, "checks": [{"name": "mos_in_range", "ok": True}], "counts": {"train": 10}}))
+    manifest = df[["image", "root", "dataset", "split", "mos", "std"]].copy()
+    manifest = pd.concat([manifest, manifest.assign(split="train", image="t" + manifest["image"])])
+    manifest.to_csv(tmp_path / "data/validate/manifest.csv", index=False)
+    (tmp_path / "metrics/train.json").write_text(json.dumps({"steps": 20, "final_loss": 0.5}))
     curves = tmp_path / "dvclive/train/plots/metrics"
     (curves / "train").mkdir(parents=True)
     (curves / "val").mkdir(parents=True)
@@ -113,6 +119,11 @@ def test_report_has_sections_and_embedded_images(fixture_repo):
     # discretisation table, validation outcome, params, training curve names
     assert "0.3030" in html_text and "binary fallbacks" in html_text
     assert "mos_in_range" in html_text and "quarantined" in html_text
+    assert "checks: 1 record(s), 1 passed, 0 failed" in html_text
+    assert "1 of 12 non-zero: check_3=2" in html_text  # wide count dicts are summarised
+    data_section = html_text[html_text.index('<section id="data">'):html_text.index('<section id="discretisation">')]
+    assert "<td>train</td>" in data_section  # the validated manifest's training split is summarised
+    assert "final_loss" in html_text
     assert "soft_labels.kind" in html_text
     # experiments table: the varying param and both runs' SRCC
     exp = html_text[html_text.index('<section id="experiments">'):]
@@ -128,7 +139,7 @@ def test_report_with_no_inputs_says_not_available(tmp_path):
     html_text, summary = _build(tmp_path, experiments=None)
     for key in SECTION_IDS:
         assert f'<section id="{key}">' in html_text
-    assert html_text.count("Not available") >= 9
+    assert html_text.count("Not available") >= 10
     assert "data:image/png" not in html_text
     assert "Missing inputs" in summary
 

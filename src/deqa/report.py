@@ -15,8 +15,10 @@ Inputs (paths relative to the repository root, see :class:`ReportSources`):
 ``metrics/evaluate.json``       :func:`deqa.metrics.evaluate_predictions` output: metrics table
 ``metrics/discretisation.json`` the ``soft_labels`` stage's soft vs one-hot table
 ``metrics/validate.json``,      the ``validate`` stage's outcome (read defensively: every scalar
-``data/validate/report.json``   found is shown)
+``data/validate/report.json``   found is shown, lists of records as collapsible tables)
+``data/validate/manifest.csv``  the data summary (images per split and dataset)
 ``dvclive/train/plots/metrics`` the training curves (every ``*.tsv`` there)
+``metrics/train.json``          the train stage's summary, shown under the curves
 ``params.yaml``                 the params used
 ``dvc exp show --json``         when experiments exist, a comparison table across them
 ==============================  ==================================================================
@@ -34,6 +36,7 @@ import io
 import json
 import math
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,6 +69,8 @@ class ReportSources:
     discretisation: str = "metrics/discretisation.json"
     validate_metrics: str = "metrics/validate.json"
     validate_report: str = "data/validate/report.json"
+    manifest: str = "data/validate/manifest.csv"
+    train_metrics: str = "metrics/train.json"
     dvclive: str = "dvclive/train"
     params: str = "params.yaml"
 
@@ -96,6 +101,8 @@ class ReportData:
     discretisation: Loaded = field(default_factory=Loaded)
     validate_metrics: Loaded = field(default_factory=Loaded)
     validate_report: Loaded = field(default_factory=Loaded)
+    manifest: Loaded = field(default_factory=Loaded)
+    train_metrics: Loaded = field(default_factory=Loaded)
     curves: Loaded = field(default_factory=Loaded)
     params: Loaded = field(default_factory=Loaded)
     experiments: Loaded = field(default_factory=Loaded)
@@ -137,6 +144,19 @@ def _load_predictions(path: Path) -> Loaded:
     return Loaded(df)
 
 
+def _load_manifest(path: Path) -> Loaded:
+    if not path.exists():
+        return Loaded(None, f"{path} not found")
+    try:
+        df = pd.read_csv(path, dtype={"image": str, "dataset": str, "split": str})
+    except (OSError, ValueError) as exc:
+        return Loaded(None, f"{path} could not be read: {exc}")
+    missing = [c for c in ("dataset", "split", "mos") if c not in df.columns]
+    if missing:
+        return Loaded(None, f"{path} lacks column(s) {', '.join(missing)}")
+    return Loaded(df)
+
+
 def read_curves(dvclive_dir: Path) -> Loaded:
     """Every dvclive metric history under ``<dir>/plots/metrics``: ``{name: (steps, values)}``.
 
@@ -165,9 +185,11 @@ def read_curves(dvclive_dir: Path) -> Loaded:
 
 def dvc_experiments(repo_dir: Path, timeout: float = 60.0) -> Loaded:
     """``dvc exp show --json`` in ``repo_dir``; missing (with the reason) when dvc or git fail."""
+    beside = Path(sys.executable).parent / "dvc"  # the venv's dvc, even when not activated
+    dvc = str(beside) if beside.exists() else "dvc"
     try:
         proc = subprocess.run(
-            ["dvc", "exp", "show", "--json"], cwd=repo_dir, capture_output=True, text=True,
+            [dvc, "exp", "show", "--json"], cwd=repo_dir, capture_output=True, text=True,
             timeout=timeout, check=False,
         )
     except (OSError, subprocess.SubprocessError) as exc:
@@ -195,6 +217,8 @@ def collect(
     data.discretisation = _load_json(sources.path("discretisation"))
     data.validate_metrics = _load_json(sources.path("validate_metrics"))
     data.validate_report = _load_json(sources.path("validate_report"))
+    data.manifest = _load_manifest(sources.path("manifest"))
+    data.train_metrics = _load_json(sources.path("train_metrics"))
     data.curves = read_curves(sources.path("dvclive"))
     params_path = sources.path("params")
     if params_path.exists():
@@ -285,7 +309,12 @@ def _scalar_rows(obj: Any, prefix: str = "", limit: int = 60) -> list[list[str]]
     def walk(value: Any, key: str) -> None:
         if len(rows) >= limit:
             return
-        if isinstance(value, dict):
+        numeric = isinstance(value, dict) and len(value) > 8 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values())
+        if numeric:  # e.g. failing rows per check: show only the non-zero entries
+            nonzero = [f"{k}={fmt(v, 4)}" for k, v in value.items() if v]
+            rows.append([key, f"{len(nonzero)} of {len(value)} non-zero" + (": " + ", ".join(nonzero) if nonzero else "")])
+        elif isinstance(value, dict):
             for k, v in value.items():
                 walk(v, f"{key}.{k}" if key else str(k))
         elif isinstance(value, list):
@@ -301,10 +330,27 @@ def _scalar_rows(obj: Any, prefix: str = "", limit: int = 60) -> list[list[str]]
     return rows
 
 
-def _record_tables(obj: Any, prefix: str = "", limit: int = 40) -> list[tuple[str, list[str], list[list[str]]]]:
+def _cell(value: Any, width: int = 90) -> str:
+    """A compact table cell for any JSON value (long lists and strings shortened)."""
+    if isinstance(value, list):
+        return f"{len(value)} item(s)" if len(value) > 3 else _short(json.dumps(value, default=str), width)
+    if isinstance(value, dict):
+        return _short(json.dumps(value, default=str), width)
+    return _short(fmt(value, 4), width)
+
+
+def _short(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+FIRST_COLUMNS = ("name", "description", "success", "passed", "ok")
+
+
+def _record_tables(obj: Any, prefix: str = "", limit: int = 60) -> list[tuple[str, list[str], list[list[str]]]]:
     """Every list of records (dicts) in a nested JSON object as ``(key, headers, rows)``.
 
-    Columns are the records' scalar fields (nested values are summarised); at most ``limit`` rows.
+    Columns are the records' fields (``name``/``description``/``success`` first; lists and long
+    text shortened); at most ``limit`` rows.
     """
     found: list[tuple[str, list[str], list[list[str]]]] = []
 
@@ -316,19 +362,23 @@ def _record_tables(obj: Any, prefix: str = "", limit: int = 40) -> list[tuple[st
             headers: list[str] = []
             for record in value:
                 headers += [k for k in record if k not in headers]
-            rows = []
-            for record in value[:limit]:
-                row = []
-                for h in headers:
-                    v = record.get(h)
-                    row.append(json.dumps(v, default=str)[:80] if isinstance(v, (dict, list)) else fmt(v, 4))
-                rows.append(row)
+            headers = [h for h in FIRST_COLUMNS if h in headers] + [h for h in headers if h not in FIRST_COLUMNS]
+            rows = [[_cell(record.get(h)) for h in headers] for record in value[:limit]]
             if len(value) > limit:
                 rows.append([f"... {len(value) - limit} more"] + [""] * (len(headers) - 1))
             found.append((key, headers, rows))
 
     walk(obj, prefix)
     return found
+
+
+def _passed_count(records: list[list[str]], headers: list[str]) -> str:
+    for flag in ("success", "passed", "ok"):
+        if flag in headers:
+            i = headers.index(flag)
+            good = sum(r[i] == "yes" for r in records)
+            return f", {good} passed, {sum(r[i] == 'no' for r in records)} failed"
+    return ""
 
 
 def _outcome(obj: Any) -> str:
@@ -637,6 +687,13 @@ def section_glance(data: ReportData) -> str:
 
 def section_data(data: ReportData) -> str:
     parts = ['<section id="data"><h2>Data and validation</h2>']
+    parts.append("<h3>Validated data set</h3>")
+    if data.manifest.ok:
+        parts.append(_table(["split", "dataset", "images", "MOS range", "with std", "normalisation lo – hi"],
+                            manifest_rows(data.manifest.value)))
+    else:
+        parts.append(_na(data.manifest.missing))
+    parts.append("<h3>Evaluated images</h3>")
     if data.predictions.ok:
         df = data.predictions.value
         rows = []
@@ -645,7 +702,6 @@ def section_data(data: ReportData) -> str:
             rows.append([split, dataset, len(part), fmt(part["m"].min(), 2) + " – " + fmt(part["m"].max(), 2),
                          fmt(part["m"].mean(), 2), fmt(s.mean(), 2) if s.notna().any() else "-",
                          f"{int(s.notna().sum())}"])
-        parts.append("<h3>Evaluated images</h3>")
         parts.append(_table(["split", "dataset", "images", "m range", "mean m", "mean s", "with std"], rows))
     else:
         parts.append(_na(data.predictions.missing))
@@ -658,12 +714,28 @@ def section_data(data: ReportData) -> str:
             parts.append(f"<h4>{_esc(title)} {_outcome(loaded.value)}</h4>")
             parts.append(_table(["key", "value"], rows, "kv") if rows else "")
             for key, headers, records in _record_tables(loaded.value):
-                parts.append(f"<p><b>{_esc(key)}</b></p>" + _table(headers, records, "kv"))
+                summary = f"{key}: {len(records)} record(s){_passed_count(records, headers)}"
+                parts.append(f"<details><summary>{_esc(summary)}</summary>{_table(headers, records, 'kv')}</details>")
             shown = True
     if not shown:
         parts.append(_na(f"{data.validate_metrics.missing}; {data.validate_report.missing}"))
     parts.append("</section>")
     return "".join(parts)
+
+
+def manifest_rows(df: pd.DataFrame) -> list[list[str]]:
+    """Per split and dataset: image count, MOS range, rows with a std, normalisation bounds."""
+    rows = []
+    order = {"train": 0, "val": 1, "test": 2}
+    groups = df.groupby([df["split"].astype(str), df["dataset"].astype(str)], sort=True)
+    for (split, dataset), part in sorted(groups, key=lambda g: (order.get(g[0][0], 9), g[0])):
+        mos = pd.to_numeric(part.get("mos"), errors="coerce")
+        std = pd.to_numeric(part.get("std"), errors="coerce") if "std" in part else pd.Series(dtype=float)
+        lo = pd.to_numeric(part.get("lo"), errors="coerce") if "lo" in part else pd.Series(dtype=float)
+        hi = pd.to_numeric(part.get("hi"), errors="coerce") if "hi" in part else pd.Series(dtype=float)
+        rows.append([split, dataset, str(len(part)), f"{fmt(mos.min(), 2)} – {fmt(mos.max(), 2)}",
+                     str(int(std.notna().sum())), f"{fmt(lo.min(), 3)} – {fmt(hi.max(), 3)}"])
+    return rows
 
 
 DISCRETISATION_LABELS = {
@@ -688,10 +760,14 @@ def section_discretisation(data: ReportData) -> str:
 
 
 def section_training(data: ReportData) -> str:
-    head = '<section id="training"><h2>Training curves</h2>'
+    head = '<section id="training"><h2>Training</h2>'
+    summary = ""
+    if data.train_metrics.ok:
+        rows = _scalar_rows(data.train_metrics.value)
+        summary = "<h4>metrics/train.json</h4>" + (_table(["key", "value"], rows, "kv") if rows else "")
     if not data.curves.ok:
-        return head + _na(data.curves.missing) + "</section>"
-    return head + curves_figure(data.curves.value) + "</section>"
+        return head + _na(data.curves.missing) + summary + "</section>"
+    return head + curves_figure(data.curves.value) + summary + "</section>"
 
 
 def section_metrics(data: ReportData) -> str:
@@ -958,7 +1034,8 @@ def render_summary(data: ReportData) -> str:
         lines += ["", "## Experiments", "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
         lines += ["| " + " | ".join(row) + " |" for row in rows]
     missing = [name for name in ("predictions", "evaluate", "discretisation", "validate_metrics",
-                                 "validate_report", "curves", "params") if not getattr(data, name).ok]
+                                 "validate_report", "manifest", "curves", "train_metrics", "params")
+               if not getattr(data, name).ok]
     if missing:
         lines += ["", "Missing inputs: " + "; ".join(getattr(data, n).missing for n in missing)]
     lines += ["", "Full report: `reports/report.html`.", ""]
