@@ -1,0 +1,322 @@
+"""The embedded synthetic rated IQA dataset: generated offline and deterministically from a seed.
+
+Design (measured to learn on CPU, see ``shared/method/CPU-DEFAULT.md``):
+
+* **Content**: natural colour photos that installed packages ship -- scikit-image's
+  ``astronaut``, ``chelsea``, ``coffee``, ``rocket``, ``hubble_deep_field``,
+  ``immunohistochemistry``, ``stereo_motorcycle`` (left and right views), scikit-learn's ``china``
+  and ``flower`` and matplotlib's ``grace_hopper``. ``extra_train_photos`` may add any other
+  shipped ``skimage.data`` image (grey ones are converted to RGB) as training-only content.
+* **Images**: ``crops_per_photo`` random square crops per photo, resized to ``image_size``; each
+  crop appears pristine and under every distortion of :data:`DISTORTIONS` at ``severities``
+  levels (default: 11 photos x 20 crops x (6 x 5 + 1) = 6,820 PNG files).
+* **Latent quality** (1-5): a pristine level that depends on the crop's own contrast, lowered by
+  an impairment that mixes a per-distortion severity table with ``1 - SSIM`` against the pristine
+  crop, so that the same distortion hurts some contents more than others.
+* **Ratings**: a panel of ``raters`` simulated raters, each with its own bias and noise, gives
+  integer 1-5 votes for every image; the per-image vote counts, MOS, SD (ddof=1) and a KonIQ-style
+  MOS_zscore follow from them.
+* **Splits**: content-disjoint by whole photo: ``test_photos`` -> test, ``val_photos`` -> val,
+  all others -> train.
+
+:func:`generate` writes ``images/*.png``, the ratings in KonIQ-10k's
+``koniq10k_scores_and_distributions.csv`` layout (``synthetic_koniq.csv``, loaded afterwards by
+the KonIQ importer, so the default pipeline exercises a real importer) and a side table
+``synthetic_meta.csv`` (photo, crop, distortion, severity, SSIM, latent quality) for analysis.
+Same seed and params give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+BASE_PHOTOS = (
+    "astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry",
+    "motorcycle_left", "motorcycle_right", "china", "flower", "grace_hopper",
+)
+"""The default content: 11 natural photos shipped with scikit-image, scikit-learn, matplotlib."""
+
+
+class SyntheticError(ValueError):
+    """Bad synthetic-dataset parameters (unknown photo or distortion, overlapping splits...)."""
+
+
+# --------------------------------------------------------------------------------------------
+# content
+# --------------------------------------------------------------------------------------------
+def load_photo(name: str) -> np.ndarray:
+    """One source photo as an ``uint8`` RGB array (H, W, 3); grey photos are stacked to RGB."""
+    import skimage.data
+
+    if name in ("motorcycle_left", "motorcycle_right"):
+        left, right, _ = skimage.data.stereo_motorcycle()
+        img = left if name == "motorcycle_left" else right
+    elif name in ("china", "flower"):
+        from sklearn.datasets import load_sample_image
+
+        img = load_sample_image(f"{name}.jpg")
+    elif name == "grace_hopper":
+        import matplotlib.cbook
+
+        with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as fh:
+            img = np.asarray(Image.open(fh).convert("RGB"))
+    else:
+        loader = getattr(skimage.data, name, None)
+        if loader is None or name.startswith("_") or not callable(loader):
+            raise SyntheticError(
+                f"unknown photo {name!r}: use one of {', '.join(BASE_PHOTOS)} or a skimage.data image name"
+            )
+        try:
+            img = loader()
+        except Exception as exc:  # e.g. an image skimage would have to download (we are offline)
+            raise SyntheticError(f"photo {name!r} could not be loaded offline: {exc}") from None
+    img = np.asarray(img)
+    if img.dtype != np.uint8:
+        img = (np.clip(img.astype(np.float64) / max(float(img.max()), 1e-12), 0, 1) * 255).round().astype(np.uint8)
+    if img.ndim == 2:
+        img = np.stack([img] * 3, axis=-1)
+    if img.ndim != 3 or img.shape[2] not in (3, 4) or min(img.shape[:2]) < 32:
+        raise SyntheticError(f"photo {name!r} is not a usable RGB image (shape {img.shape})")
+    return np.ascontiguousarray(img[..., :3])
+
+
+def random_crops(photo: np.ndarray, n: int, size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """``n`` random square crops (35-80% of the short side, at least ``size`` px), resized to ``size``."""
+    h, w = photo.shape[:2]
+    short = min(h, w)
+    crops = []
+    for _ in range(n):
+        side = int(round(rng.uniform(0.35, 0.8) * short))
+        side = min(max(side, min(size, short)), short)
+        top = int(rng.integers(0, h - side + 1))
+        left = int(rng.integers(0, w - side + 1))
+        crop = Image.fromarray(photo[top:top + side, left:left + side])
+        crops.append(np.asarray(crop.resize((size, size), Image.Resampling.LANCZOS)))
+    return crops
+
+
+# --------------------------------------------------------------------------------------------
+# distortions: float32 RGB in [0, 1] -> same; ``level`` is the distortion parameter
+# --------------------------------------------------------------------------------------------
+def _gaussian_blur(img, sigma, rng):
+    from scipy.ndimage import gaussian_filter
+
+    return gaussian_filter(img, sigma=(sigma, sigma, 0), mode="reflect")
+
+
+def _gaussian_noise(img, sd, rng):
+    return img + rng.normal(0.0, sd, img.shape).astype(np.float32)
+
+
+def _jpeg(img, quality, rng):
+    buf = io.BytesIO()
+    Image.fromarray(to_uint8(img)).save(buf, format="JPEG", quality=int(quality))
+    buf.seek(0)
+    return np.asarray(Image.open(buf).convert("RGB"), dtype=np.float32) / 255.0
+
+
+def _contrast(img, factor, rng):
+    mean = float(img.mean())
+    return mean + factor * (img - mean)
+
+
+def _pixelation(img, block, rng):
+    size = img.shape[0]
+    small = max(1, int(round(size / block)))
+    pil = Image.fromarray(to_uint8(img)).resize((small, small), Image.Resampling.BOX)
+    return np.asarray(pil.resize((size, size), Image.Resampling.NEAREST), dtype=np.float32) / 255.0
+
+
+def _motion_blur(img, length, rng):
+    from scipy.signal import fftconvolve
+    from skimage.draw import line
+
+    length = int(length)
+    angle = rng.uniform(0, np.pi)
+    c = length // 2
+    dx, dy = np.cos(angle) * c, np.sin(angle) * c
+    kernel = np.zeros((2 * c + 1, 2 * c + 1), np.float32)
+    rr, cc = line(int(round(c - dy)), int(round(c - dx)), int(round(c + dy)), int(round(c + dx)))
+    kernel[rr, cc] = 1.0
+    kernel /= kernel.sum()
+    padded = np.pad(img, ((c, c), (c, c), (0, 0)), mode="reflect")
+    return fftconvolve(padded, kernel[:, :, None], mode="valid", axes=(0, 1)).astype(np.float32)
+
+
+def _saturation(img, factor, rng):
+    grey = img @ np.array([0.299, 0.587, 0.114], np.float32)
+    return grey[..., None] + factor * (img - grey[..., None])
+
+
+@dataclass(frozen=True)
+class Distortion:
+    """A distortion with its parameter at the mildest and the strongest severity and the
+    severity-table impairment (0 = none, 1 = worst) at those two ends."""
+
+    fn: Callable
+    mild: float
+    strong: float
+    impairment: tuple[float, float]
+    integer: bool = False
+
+    def level(self, s: int, severities: int) -> float:
+        """Parameter of severity ``s`` (1..severities), geometric between mild and strong."""
+        t = 1.0 if severities == 1 else (s - 1) / (severities - 1)
+        value = self.mild * (self.strong / self.mild) ** t
+        return float(round(value)) if self.integer else value
+
+    def table(self, s: int, severities: int) -> float:
+        t = 1.0 if severities == 1 else (s - 1) / (severities - 1)
+        return self.impairment[0] + t * (self.impairment[1] - self.impairment[0])
+
+
+DISTORTIONS: dict[str, Distortion] = {
+    "gaussian_blur": Distortion(_gaussian_blur, 0.6, 3.5, (0.12, 0.80)),
+    "gaussian_noise": Distortion(_gaussian_noise, 0.02, 0.16, (0.12, 0.80)),
+    "jpeg": Distortion(_jpeg, 45, 4, (0.12, 0.80), integer=True),
+    "contrast": Distortion(_contrast, 0.7, 0.12, (0.08, 0.65)),
+    "pixelation": Distortion(_pixelation, 2, 8, (0.10, 0.78), integer=True),
+    "motion_blur": Distortion(_motion_blur, 3, 17, (0.12, 0.80), integer=True),
+    "saturation": Distortion(_saturation, 0.6, 0.05, (0.05, 0.45)),
+}
+"""Available distortions (``prepare.synthetic.distortions`` picks from these)."""
+
+
+def to_uint8(img: np.ndarray) -> np.ndarray:
+    return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------------------------
+# quality model and raters
+# --------------------------------------------------------------------------------------------
+def _grey(u8: np.ndarray) -> np.ndarray:
+    return (u8.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)) / 255.0
+
+
+def pristine_quality(grey: np.ndarray) -> float:
+    """Quality of an undistorted crop: 4.0 for a flat crop up to 4.5 for a contrasty one."""
+    return 4.0 + 0.5 * float(np.clip(grey.std() / 0.25, 0.0, 1.0))
+
+
+def latent_quality(p0: float, table: float, ssim: float) -> float:
+    """1 + (p0 - 1)(1 - impairment), impairment = 0.6 * severity table + 0.4 * (1 - SSIM)."""
+    impairment = float(np.clip(0.6 * table + 0.4 * (1.0 - ssim), 0.0, 1.0))
+    return 1.0 + (p0 - 1.0) * (1.0 - impairment)
+
+
+def rate(quality: np.ndarray, raters: int, rng: np.random.Generator) -> np.ndarray:
+    """Integer 1-5 votes (images x raters) of a panel with per-rater bias and noise."""
+    bias = rng.normal(0.0, 0.3, raters)
+    noise = rng.uniform(0.4, 0.8, raters)
+    eps = rng.standard_normal((len(quality), raters))
+    return np.clip(np.rint(quality[:, None] + bias[None, :] + noise[None, :] * eps), 1, 5).astype(np.int64)
+
+
+def koniq_table(votes: np.ndarray) -> pd.DataFrame:
+    """Vote counts, MOS, SD (ddof=1) and MOS_zscore (per-rater z-scores, rescaled to 0-100)."""
+    counts = np.stack([(votes == k).sum(axis=1) for k in range(1, 6)], axis=1)
+    mos = votes.mean(axis=1)
+    sd = votes.std(axis=1, ddof=1) if votes.shape[1] > 1 else np.zeros(len(votes))
+    rater_sd = votes.std(axis=0)
+    z = (votes - votes.mean(axis=0)) / np.where(rater_sd > 0, rater_sd, 1.0)
+    zm = z.mean(axis=1)
+    span = zm.max() - zm.min() if len(zm) else 0.0
+    zscore = (zm - zm.min()) / span * 100.0 if span > 0 else np.full(len(zm), 50.0)
+    table = pd.DataFrame(counts, columns=["c1", "c2", "c3", "c4", "c5"])
+    table["c_total"] = votes.shape[1]
+    table["MOS"], table["SD"], table["MOS_zscore"] = mos, sd, zscore
+    return table
+
+
+# --------------------------------------------------------------------------------------------
+# generation
+# --------------------------------------------------------------------------------------------
+def photo_splits(cfg) -> dict[str, str]:
+    """Photo name -> split (test_photos: test, val_photos: val, all others: train)."""
+    photos = list(BASE_PHOTOS) + [p for p in cfg.extra_train_photos if p not in BASE_PHOTOS]
+    for group, names in (("val_photos", cfg.val_photos), ("test_photos", cfg.test_photos)):
+        unknown = [p for p in names if p not in BASE_PHOTOS]
+        if unknown:
+            raise SyntheticError(f"prepare.synthetic.{group}: unknown photo(s) {unknown}; known: {', '.join(BASE_PHOTOS)}")
+    both = sorted(set(cfg.val_photos) & set(cfg.test_photos))
+    if both:
+        raise SyntheticError(f"photo(s) {both} are in both val_photos and test_photos")
+    extra_held = sorted(set(cfg.extra_train_photos) & (set(cfg.val_photos) | set(cfg.test_photos)))
+    if extra_held:
+        raise SyntheticError(f"extra_train_photos {extra_held} are also val/test photos")
+    split = {p: "train" for p in photos}
+    split.update({p: "val" for p in cfg.val_photos})
+    split.update({p: "test" for p in cfg.test_photos})
+    if "train" not in split.values():
+        raise SyntheticError("no training photo left: every photo is in val_photos or test_photos")
+    return split
+
+
+def _check(cfg) -> None:
+    unknown = [d for d in cfg.distortions if d not in DISTORTIONS]
+    if unknown:
+        raise SyntheticError(f"prepare.synthetic.distortions: unknown {unknown}; known: {', '.join(DISTORTIONS)}")
+    for key, low in (("crops_per_photo", 1), ("image_size", 16), ("severities", 1), ("raters", 1)):
+        if getattr(cfg, key) < low:
+            raise SyntheticError(f"prepare.synthetic.{key} must be >= {low}, got {getattr(cfg, key)}")
+
+
+def generate(cfg, out_dir: str | Path, seed: int = 0, progress: bool = True) -> tuple[Path, Path]:
+    """Write the synthetic dataset under ``out_dir``; return (KonIQ-layout CSV, images folder).
+
+    The images folder is recreated from scratch, so stale files from an earlier run never leak in.
+    """
+    from skimage.metrics import structural_similarity
+    from tqdm import tqdm
+
+    _check(cfg)
+    splits = photo_splits(cfg)
+    out_dir = Path(out_dir)
+    images_dir = out_dir / "images"
+    if images_dir.exists():
+        shutil.rmtree(images_dir)
+    images_dir.mkdir(parents=True)
+    size, sev_n = cfg.image_size, cfg.severities
+    meta = []
+    bar = tqdm(total=len(splits) * cfg.crops_per_photo, desc="synthetic crops", unit="crop", disable=not progress)
+    for photo, split in splits.items():
+        photo_id = zlib.crc32(photo.encode())
+        crops = random_crops(load_photo(photo), cfg.crops_per_photo, size, np.random.default_rng([seed, photo_id]))
+        for ci, crop in enumerate(crops):
+            grey0 = _grey(crop)
+            p0 = pristine_quality(grey0)
+            stem = f"{photo}_{ci:03d}"
+            Image.fromarray(crop).save(images_dir / f"{stem}_pristine.png", compress_level=1)
+            meta.append((f"{stem}_pristine.png", photo, ci, "pristine", 0, 1.0, p0, split))
+            base = crop.astype(np.float32) / 255.0
+            for di, dname in enumerate(cfg.distortions):
+                dist = DISTORTIONS[dname]
+                rng = np.random.default_rng([seed, photo_id, ci, zlib.crc32(dname.encode())])
+                for s in range(1, sev_n + 1):
+                    out = to_uint8(dist.fn(base, dist.level(s, sev_n), rng))
+                    ssim = float(structural_similarity(_grey(out), grey0, data_range=1.0))
+                    q = latent_quality(p0, dist.table(s, sev_n), ssim)
+                    name = f"{stem}_{dname}_{s}.png"
+                    Image.fromarray(out).save(images_dir / name, compress_level=1)
+                    meta.append((name, photo, ci, dname, s, ssim, q, split))
+            bar.update(1)
+    bar.close()
+    meta_df = pd.DataFrame(meta, columns=["image_name", "photo", "crop", "distortion", "severity",
+                                          "ssim", "quality", "split"])
+    votes = rate(meta_df["quality"].to_numpy(), cfg.raters, np.random.default_rng([seed, 0x5EED]))
+    table = koniq_table(votes)
+    table.insert(0, "image_name", meta_df["image_name"])
+    table["set"] = meta_df["split"].map({"train": "training", "val": "validation", "test": "test"})
+    labels = out_dir / "synthetic_koniq.csv"
+    table.to_csv(labels, index=False, float_format="%.10g")
+    meta_df.drop(columns="split").to_csv(out_dir / "synthetic_meta.csv", index=False, float_format="%.10g")
+    return labels, images_dir

@@ -1,0 +1,129 @@
+"""The synthetic rated dataset: determinism, design (content, distortions, raters, splits)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import spearmanr
+
+from deqa.config import SourceConfig, SyntheticConfig, ValidateConfig
+from deqa.importers import load_sources
+from deqa.schema import MANIFEST_COLUMNS, VOTE_COLUMNS
+from deqa.synthetic import BASE_PHOTOS, DISTORTIONS, SyntheticError, generate, load_photo, photo_splits
+from deqa.validation import validate_manifest
+
+SMALL = dict(crops_per_photo=2, image_size=48, severities=3, raters=9)
+
+
+def _digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(folder.rglob("*")):
+        if f.is_file():
+            h.update(f.relative_to(folder).as_posix().encode() + f.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    out = tmp_path_factory.mktemp("syn")
+    labels, images = generate(SyntheticConfig(**SMALL), out, seed=0, progress=False)
+    return out, labels, images
+
+
+def test_all_photos_load_offline():
+    for name in BASE_PHOTOS:
+        img = load_photo(name)
+        assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3 and min(img.shape[:2]) >= 256
+
+
+def test_size_and_koniq_layout(small):
+    out, labels, images = small
+    table = pd.read_csv(labels)
+    assert list(table.columns) == ["image_name", *VOTE_COLUMNS, "c_total", "MOS", "SD", "MOS_zscore", "set"]
+    n_dist = len(SyntheticConfig().distortions)
+    assert n_dist >= 6
+    assert len(table) == len(BASE_PHOTOS) * 2 * (n_dist * 3 + 1)
+    assert sorted(p.name for p in images.iterdir()) == sorted(table["image_name"])
+    # integer votes from the whole panel; MOS and SD (ddof=1) follow from them
+    counts = table[VOTE_COLUMNS].to_numpy()
+    assert (counts.sum(axis=1) == 9).all() and (table["c_total"] == 9).all()
+    mean = (counts * np.arange(1, 6)).sum(axis=1) / 9
+    np.testing.assert_allclose(table["MOS"], mean, atol=1e-9)
+    var = (counts * (np.arange(1, 6) - mean[:, None]) ** 2).sum(axis=1) / 8
+    np.testing.assert_allclose(table["SD"], np.sqrt(var), atol=1e-9)
+    assert table["MOS_zscore"].between(0, 100).all()
+
+
+def test_deterministic_by_seed(small, tmp_path):
+    out, labels, _ = small
+    again, _ = generate(SyntheticConfig(**SMALL), tmp_path / "a", seed=0, progress=False)
+    assert again.read_bytes() == labels.read_bytes()
+    assert _digest(tmp_path / "a" / "images") == _digest(out / "images")
+    other, _ = generate(SyntheticConfig(**SMALL), tmp_path / "b", seed=1, progress=False)
+    assert other.read_bytes() != labels.read_bytes()
+
+
+def test_splits_are_content_disjoint(small):
+    out, labels, _ = small
+    meta = pd.read_csv(out / "synthetic_meta.csv")
+    table = pd.read_csv(labels)
+    per_photo = table.groupby(meta["photo"])["set"].agg(set)
+    assert (per_photo.map(len) == 1).all()
+    split_of = per_photo.map(lambda s: next(iter(s)))
+    assert sorted(split_of[split_of == "test"].index) == ["china", "coffee", "grace_hopper"]
+    assert list(split_of[split_of == "validation"].index) == ["rocket"]
+    assert (split_of == "training").sum() == len(BASE_PHOTOS) - 4
+
+
+def test_quality_depends_on_severity_and_content(small):
+    out, labels, _ = small
+    meta = pd.read_csv(out / "synthetic_meta.csv")
+    meta["MOS"] = pd.read_csv(labels)["MOS"]
+    # severity: the latent quality falls with severity for every distortion, below pristine
+    q = meta.groupby(["distortion", "severity"])["quality"].mean().unstack()
+    pristine = q.loc["pristine", 0]
+    for name in SyntheticConfig().distortions:
+        row = q.loc[name, [1, 2, 3]].to_numpy()
+        assert (np.diff(row) < 0).all() and row[0] < pristine, name
+    # content: within one distortion and severity, quality still varies with the crop (via SSIM)
+    spread = meta[meta["severity"] > 0].groupby(["distortion", "severity"])["quality"].std()
+    assert spread.mean() > 0.05
+    # the votes follow the latent quality closely (rater-noise ceiling)
+    assert spearmanr(meta["quality"], meta["MOS"])[0] > 0.9
+
+
+def test_distortions_change_the_image():
+    img = load_photo("astronaut")[:64, :64].astype(np.float32) / 255
+    for name, d in DISTORTIONS.items():
+        out = d.fn(img, d.level(3, 5), np.random.default_rng(0))
+        assert out.shape == img.shape and np.abs(out - img).mean() > 1e-3, name
+
+
+def test_bad_params_are_clear(tmp_path):
+    with pytest.raises(SyntheticError, match="unknown photo"):
+        photo_splits(SyntheticConfig(val_photos=["mars"]))
+    with pytest.raises(SyntheticError, match="both val_photos and test_photos"):
+        photo_splits(SyntheticConfig(val_photos=["coffee"]))
+    with pytest.raises(SyntheticError, match="distortions: unknown"):
+        generate(SyntheticConfig(distortions=["sepia"]), tmp_path, progress=False)
+
+
+def test_extra_train_photo_is_training_content():
+    splits = photo_splits(SyntheticConfig(extra_train_photos=["camera"]))
+    assert splits["camera"] == "train"
+    assert load_photo("camera").shape[2] == 3  # grey -> RGB
+
+
+def test_loaded_through_koniq_importer_and_validates(tmp_path):
+    cfg = SyntheticConfig(crops_per_photo=1, image_size=32, severities=2, raters=5)
+    df = load_sources([SourceConfig()], synthetic=cfg, out_dir=tmp_path, progress=False)
+    assert list(df.columns) == MANIFEST_COLUMNS + VOTE_COLUMNS
+    assert (df["dataset"] == "synthetic").all() and (df["n_votes"] == 5).all()
+    assert df["split"].value_counts().to_dict() == {"train": 7 * 13, "test": 3 * 13, "val": 13}
+    assert df["lo"].iloc[0] == df["mos"].min() and df["hi"].iloc[0] == df["mos"].max()
+    result = validate_manifest(df, ValidateConfig())
+    assert result.success, result.message
