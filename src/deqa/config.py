@@ -58,14 +58,25 @@ class SourceConfig:
 
 @dataclass
 class SyntheticConfig:
-    """Size and shape of the embedded synthetic rated dataset."""
+    """Size and shape of the embedded synthetic rated dataset (see :mod:`deqa.synthetic`).
+
+    ``val_photos``/``test_photos`` name whole source photos, so the splits are content-disjoint;
+    every other photo (plus ``extra_train_photos``) is training content. ``distortions`` picks
+    from :data:`deqa.synthetic.DISTORTIONS`.
+    """
 
     crops_per_photo: int = 20
     image_size: int = 128
     severities: int = 5
     raters: int = 25
-    val_photos: list[str] = field(default_factory=lambda: ["rocket", "astronaut"])
+    distortions: list[str] = field(
+        default_factory=lambda: [
+            "gaussian_blur", "gaussian_noise", "jpeg", "contrast", "pixelation", "motion_blur",
+        ]
+    )
+    val_photos: list[str] = field(default_factory=lambda: ["rocket"])
     test_photos: list[str] = field(default_factory=lambda: ["coffee", "china", "grace_hopper"])
+    extra_train_photos: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -82,7 +93,8 @@ class ValidateConfig:
     min_rows: int = 20
     min_side: int = 16
     max_pixels: int = 40_000_000
-    std_vote_tolerance: float = 0.05
+    vote_tolerance: float = 0.05
+    required_splits: list[str] = field(default_factory=lambda: ["train", "val", "test"])
 
 
 @dataclass
