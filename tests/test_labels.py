@@ -367,3 +367,15 @@ def test_cli_error_names_expected_columns(tmp_path, capsys):
     assert main(["labels", str(path)]) == 2
     err = capsys.readouterr().err
     assert "--format" in err
+
+
+def test_m_exactly_three_keeps_its_spread():
+    """At m = 3 the spec's alpha is 0/0; the label must still follow N(3, s), not go flat."""
+    from deqa.labels import gaussian_soft_labels
+
+    # hand-computed: N(3, 0.7) density at 1..5, normalised
+    expected = [0.00962006, 0.20542370, 0.56991249, 0.20542370, 0.00962006]
+    probs, fallback = gaussian_soft_labels(np.array([3.0, 3.0 + 1e-7]), np.array([0.7, 0.7]))
+    assert not fallback.any()
+    np.testing.assert_allclose(probs[0], expected, atol=1e-6)
+    np.testing.assert_allclose(probs[1], expected, atol=5e-3)  # near-continuous (the spec's 1e-9 eps)

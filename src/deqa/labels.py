@@ -207,6 +207,12 @@ def _soft_block(m: np.ndarray, s: np.ndarray, density: str, std_min: float, max_
     a = q.sum(axis=0)
     b = LEVEL_VALUES @ q
     alpha = (m - 3.0) / (b - 3.0 * a + ALPHA_EPS)
+    # m = 3 exactly with a symmetric density: B - 3A = 0 and the spec's formula gives alpha = 0,
+    # a flat label whatever s is. Any alpha keeps the mean at 3 there; take alpha = 1/A (the
+    # weights normalised), the limit of the formula as m -> 3.
+    degenerate = np.abs(b - 3.0 * a) < 1e-12
+    if degenerate.any():
+        alpha = np.where(degenerate, 1.0 / a, alpha)
     beta = (1.0 - alpha * a) / 5.0
     q *= alpha
     q += beta
