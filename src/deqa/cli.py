@@ -17,6 +17,7 @@ COMMANDS = {
     "labels": ("deqa.labels", "print the soft-label discretisation table of a label file"),
     "score": ("deqa.scoring", "score images with a trained model"),
     "export": ("deqa.export", "merge a LoRA adapter into its base model and save a checkpoint"),
+    "gate": ("deqa.gate", "CI check: metrics reproduce the committed ones and SRCC does not regress"),
 }
 
 
