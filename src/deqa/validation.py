@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
-import json
 import logging
 import os
 import re
@@ -43,10 +42,6 @@ from deqa.schema import MANIFEST_COLUMNS, SPLITS, VOTE_COLUMNS
 NUMERIC_COLUMNS = ["mos", "std", "n_votes", "lo", "hi"]
 TEXT_COLUMNS = ["image", "root", "dataset", "split"]
 NUMBER_TYPES = ["int", "float", "int64", "float64"]
-
-
-class ValidationFailed(RuntimeError):
-    """Raised by callers that want an exception; the message is the human failure summary."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -355,7 +350,9 @@ class ValidationResult:
 
 
 def _jsonable(v: Any) -> Any:
-    if isinstance(v, (np.integer,)):
+    if isinstance(v, np.bool_):
+        return bool(v)
+    if isinstance(v, np.integer):
         return int(v)
     if isinstance(v, (float, np.floating)):
         return float(v) if np.isfinite(v) else str(v)
