@@ -16,6 +16,7 @@ The embedded default (:mod:`deqa.tiny`) is just one more local checkpoint here.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from deqa import LEVELS
 from deqa.prompts import ANSWER_PREFIX, ANSWER_TEMPLATE, SCORING_QUESTION
 
 BASE_POINTER = "deqa_base.json"
+log = logging.getLogger(__name__)
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -49,14 +51,98 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
+def _torchvision_available() -> bool:
+    from transformers.utils import is_torchvision_available
+
+    return is_torchvision_available()
+
+
+def without_video(processor_class: type) -> type:
+    """``processor_class`` minus its video sub-processor, for image-only use without torchvision.
+
+    Some families' processors (Qwen2-VL, Qwen2.5-VL, ...) hold a video processor whose class
+    needs torchvision, so without it they can neither be built nor loaded, even for images. The
+    returned subclass keeps the family's class name (so what it saves loads as the original
+    processor where torchvision is installed) and every image/text behaviour; it just has no
+    ``video_processor``. Processors without a video part are returned unchanged.
+    """
+    attributes = [a for a in processor_class.get_attributes() if "video" not in a]
+    if attributes == list(processor_class.get_attributes()):
+        return processor_class
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        out = processor_class.save_pretrained(self, save_directory, *args, **kwargs)
+        # Where a video processor has no config of its own, transformers builds it from the image
+        # processor's legacy ``preprocessor_config.json`` (as in the hub's Qwen2-VL checkpoints):
+        # writing that file keeps the saved folder loadable *with* its video part elsewhere.
+        if hasattr(self, "image_processor"):
+            self.image_processor.to_json_file(str(Path(save_directory) / "preprocessor_config.json"))
+        return out
+
+    return type(processor_class.__name__, (processor_class,), {
+        "__module__": processor_class.__module__,
+        "__doc__": f"{processor_class.__name__} without its video processor (torchvision is not installed).",
+        "get_attributes": classmethod(lambda cls: list(attributes)),
+        "save_pretrained": save_pretrained,
+        "deqa_without_video": True,
+    })
+
+
+def _processor_class(path: Path, trust_remote_code: bool) -> type | None:
+    """The processor class a checkpoint's files name (``processor_class``), else its model type's."""
+    import transformers
+
+    for name in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
+        f = path / name
+        if f.exists():
+            cls = json.loads(f.read_text()).get("processor_class")
+            if cls and hasattr(transformers, cls):
+                return getattr(transformers, cls)
+    try:
+        from transformers import AutoConfig
+        from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+
+        model_type = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code).model_type
+        cls = PROCESSOR_MAPPING_NAMES.get(model_type)
+        return getattr(transformers, cls) if cls and hasattr(transformers, cls) else None
+    except Exception:  # noqa: BLE001 - only a hint for the error message / fallback
+        return None
+
+
 def load_processor(path: str | Path, trust_remote_code: bool = False):
-    """The processor saved in ``path`` (a checkpoint or a trained adapter folder)."""
+    """The processor saved in ``path`` (a checkpoint or a trained adapter folder).
+
+    Where the family's processor has a video part that needs torchvision and torchvision is not
+    installed (Qwen2-VL beside a CPU-only torch, for one), the processor is loaded without its
+    video processor (images and text work as usual) and a warning says so; anything else that
+    stops ``AutoProcessor`` is raised, with the torchvision requirement named where it applies.
+    """
     from transformers import AutoProcessor
 
     path = Path(path)
     has_own = any(path.glob("*processor_config.json")) or (path / "tokenizer_config.json").exists()
-    return AutoProcessor.from_pretrained(path if has_own else resolve_checkpoint(path),
-                                         trust_remote_code=trust_remote_code)
+    src = path if has_own else resolve_checkpoint(path)
+    if _torchvision_available():
+        return AutoProcessor.from_pretrained(src, trust_remote_code=trust_remote_code)
+    cls = _processor_class(src, trust_remote_code)
+    if cls is not None and without_video(cls) is not cls:
+        log.warning("torchvision is not installed: loading %s from %s without its video processor "
+                    "(images only; install torchvision for video input)", cls.__name__, src)
+        try:
+            return without_video(cls).from_pretrained(src, trust_remote_code=trust_remote_code)
+        except Exception as exc:
+            raise RuntimeError(
+                f"cannot load the {cls.__name__} of {src}: its video processor needs torchvision, which is "
+                f"not installed, and loading it without the video part failed too ({exc}); install "
+                "torchvision matching your torch build"
+            ) from exc
+    try:
+        return AutoProcessor.from_pretrained(src, trust_remote_code=trust_remote_code)
+    except Exception as exc:
+        if "torchvision" in str(exc).lower():
+            raise RuntimeError(f"cannot load the processor of {src}: it needs torchvision, which is not "
+                               f"installed ({exc})") from exc
+        raise
 
 
 def load_model(path: str | Path, dtype: torch.dtype | str | None = None, trust_remote_code: bool = False,
