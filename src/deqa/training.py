@@ -11,8 +11,11 @@ Batches hold image **pairs** from the same dataset: ``B`` pairs are laid out as 
 
 When the vision tower is frozen and ``train.cache_vision_features`` is on, :class:`CachedTower`
 stores each image's tower output the first time it is computed and returns it afterwards, so
-later epochs skip the tower. It works for any family whose tower output splits per image along
-dim 0, and turns itself off (normal path) where that does not hold.
+later epochs skip the tower. It works for any family whose tower takes one row per image and
+whose outputs split per image along dim 0 (LLaVA, Idefics3 without image splitting), and turns
+itself off (normal path, logged) where that does not hold: towers fed flattened patches or image
+tiles (Qwen2-VL, Idefics3 with splitting) and towers holding trainable parameters (Qwen2-VL's
+projector lives inside its ``visual`` module).
 """
 
 from __future__ import annotations
@@ -150,12 +153,20 @@ class Collator:
 # frozen-tower feature cache
 # ---------------------------------------------------------------------------------------------
 class CachedTower(nn.Module):
-    """Wraps a frozen vision tower; caches its per-image outputs by image key."""
+    """Wraps a frozen vision tower; caches its per-image outputs by image key (and input shape).
+
+    The cache is used only while it is exact: every parameter of the tower is frozen, the tower's
+    input has one row per image (``pixel_values.shape[0] == len(keys)``) and every output field
+    splits per image along dim 0. The first batch that breaks one of these turns the cache off for
+    good (with a log line) and the tower runs normally from then on. Entries are keyed by the image
+    key *and* the image's input shape, so a family that pads images to the batch's largest size
+    recomputes instead of joining outputs of different shapes.
+    """
 
     def __init__(self, tower: nn.Module):
         super().__init__()
         self.tower = tower
-        self.cache: dict[str, dict[str, object]] = {}
+        self.cache: dict[tuple, dict[str, object]] = {}
         self.keys: list[str] | None = None
         self.enabled = True
 
@@ -165,10 +176,17 @@ class CachedTower(nn.Module):
         except AttributeError:
             return getattr(self._modules["tower"], name)
 
+    def disable(self, reason: str) -> None:
+        log.info("vision feature caching disabled: %s", reason)
+        self.enabled = False
+        self.cache.clear()
+
     @staticmethod
     def _split(value, n: int):
+        if value is None:
+            return [None] * n
         if torch.is_tensor(value):
-            return list(value.detach().chunk(n, dim=0)) if value.shape[0] % n == 0 else None
+            return list(value.detach().chunk(n, dim=0)) if value.dim() and value.shape[0] == n else None
         if isinstance(value, tuple):
             parts = [CachedTower._split(v, n) for v in value]
             return None if any(p is None for p in parts) else [tuple(p[i] for p in parts) for i in range(n)]
@@ -176,6 +194,8 @@ class CachedTower(nn.Module):
 
     @staticmethod
     def _join(values):
+        if values[0] is None:
+            return None
         if torch.is_tensor(values[0]):
             return torch.cat(values, dim=0)
         return tuple(CachedTower._join([v[i] for v in values]) for i in range(len(values[0])))
@@ -184,8 +204,17 @@ class CachedTower(nn.Module):
         keys = self.keys
         if keys is None or not self.enabled:
             return self.tower(pixel_values, **kwargs)
-        if all(k in self.cache for k in keys):
-            entries = [self.cache[k] for k in keys]
+        if any(p.requires_grad for p in self.tower.parameters()):
+            self.disable("the vision module holds trainable parameters (a projector inside it, or a trained tower)")
+            return self.tower(pixel_values, **kwargs)
+        if pixel_values.shape[0] != len(keys):
+            self.disable(f"the tower's input has {pixel_values.shape[0]} rows for {len(keys)} images "
+                         "(flattened patches or image tiles), so its outputs do not split per image")
+            return self.tower(pixel_values, **kwargs)
+        shape = tuple(pixel_values.shape[1:])
+        ids = [(k, shape) for k in keys]
+        if all(i in self.cache for i in ids):
+            entries = [self.cache[i] for i in ids]
             out = entries[0]["__type__"](**{f: self._join([e[f] for e in entries]) for f in entries[0] if f != "__type__"})
             return out
         with torch.no_grad():
@@ -193,10 +222,9 @@ class CachedTower(nn.Module):
         fields = {k: v for k, v in out.items() if v is not None}
         split = {k: self._split(v, len(keys)) for k, v in fields.items()}
         if any(v is None for v in split.values()):
-            log.info("vision outputs do not split per image; feature caching disabled")
-            self.enabled = False
+            self.disable("the vision outputs do not split per image along dim 0")
             return out
-        for i, key in enumerate(keys):
+        for i, key in enumerate(ids):
             self.cache[key] = {"__type__": type(out), **{f: split[f][i] for f in fields}}
         return out
 
@@ -220,6 +248,8 @@ def prepare_model(model: nn.Module, params: Params):
     targets = "|".join(re.escape(t) for t in lcfg.target_modules)
     save = [n for n in [names.projector, names.lm_head if lcfg.train_lm_head else None,
                         names.vision if tcfg.train_vision else None] if n]
+    # a module inside another saved one (Qwen2-VL's projector inside its vision module) goes with it
+    save = [n for n in save if not any(n.startswith(other + ".") for other in save)]
     config = LoraConfig(
         r=lcfg.r, lora_alpha=lcfg.alpha, lora_dropout=lcfg.dropout,
         target_modules=rf"{re.escape(names.language)}\..*\.({targets})",
