@@ -336,6 +336,13 @@ def train(params: Params, labels_dir: str | Path, base_dir: str | Path, out_dir:
     conv = Conversation(processor)
     model = load_model(base_path, trust_remote_code=trust)
     model, names = prepare_model(model, params)
+    if mp != "no" and accelerator.distributed_type != "DEEPSPEED":
+        # A half-precision checkpoint (bf16/fp16 as stored) computes under autocast, but what trains
+        # is kept in fp32: AdamW's small updates would vanish in bf16/fp16 rounding. (DeepSpeed keeps
+        # its own fp32 master weights.)
+        for p in model.parameters():
+            if p.requires_grad and p.is_floating_point() and p.dtype != torch.float32:
+                p.data = p.data.float()
     if tcfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         if hasattr(model, "enable_input_require_grads"):
@@ -464,11 +471,15 @@ def train(params: Params, labels_dir: str | Path, base_dir: str | Path, out_dir:
     if stopped:
         return summary
     accelerator.wait_for_everyone()
-    model = accelerator.unwrap_model(model)
+    wrapped, model = model, accelerator.unwrap_model(model)
     if cached is not None:
         set_module(model, names.vision[: -len(".tower")], cached.tower)
+    state_dict = None
+    if accelerator.distributed_type == "DEEPSPEED":
+        # ZeRO-3 shards the weights: gather them (a collective call, so on every rank) before saving
+        state_dict = accelerator.get_state_dict(wrapped)
     if accelerator.is_main_process:
-        save_trained(model, processor, conv, params, base_dir, out_dir, summary)
+        save_trained(model, processor, conv, params, base_dir, out_dir, summary, state_dict=state_dict)
     return summary
 
 
@@ -492,13 +503,20 @@ def _validate(model, conv, val_ex, seed, cached, accelerator, batch_size) -> tup
     return float(spearmanr(pred, val_ex.m).statistic), float(pearsonr(pred, val_ex.m).statistic)
 
 
-def save_trained(model, processor, conv: Conversation, params: Params, base_dir, out_dir, summary: dict) -> None:
-    """Write the adapter (or full model), the processor and ``deqa_model.json`` to ``out_dir``."""
+def save_trained(model, processor, conv: Conversation, params: Params, base_dir, out_dir, summary: dict,
+                 state_dict: dict | None = None) -> None:
+    """Write the adapter (or full model), the processor and ``deqa_model.json`` to ``out_dir``.
+
+    ``state_dict``: the gathered weights where the model's own are sharded (DeepSpeed ZeRO-3).
+    """
     out_dir = Path(out_dir)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
-    model.save_pretrained(out_dir, safe_serialization=True)
+    if state_dict is None:
+        model.save_pretrained(out_dir, safe_serialization=True)
+    else:
+        model.save_pretrained(out_dir, safe_serialization=True, state_dict=state_dict)
     processor.save_pretrained(out_dir)
     card = {
         "base_model": str(base_dir),
