@@ -15,6 +15,10 @@ def main(argv: list[str] | None = None) -> int:
     from deqa.training import train
 
     summary = train(params, LABELS, BASE, OUT, CHECKPOINTS, LIVE)
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:  # under `accelerate launch`: one writer
+        return 0
     last = summary["history"][-1] if summary["history"] else {}
     write_json("metrics/train.json", {"steps": summary["steps"], "trainable_params": summary["trainable_params"],
                                       "val_srcc": last.get("val_srcc"), "val_plcc": last.get("val_plcc")})
