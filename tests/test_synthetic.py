@@ -127,3 +127,17 @@ def test_loaded_through_koniq_importer_and_validates(tmp_path):
     assert df["lo"].iloc[0] == df["mos"].min() and df["hi"].iloc[0] == df["mos"].max()
     result = validate_manifest(df, ValidateConfig())
     assert result.success, result.message
+
+
+def test_rating_spread_carries_information():
+    """Raters disagree more on mid-range and taste-driven images, so the std is learnable."""
+    from deqa.synthetic import ambiguity, rate
+
+    q = np.array([1.5, 3.0, 3.0, 4.6])
+    a = ambiguity(q, np.array(["gaussian_noise", "gaussian_noise", "contrast", "pristine"]))
+    assert a[1] > a[0] and a[2] > a[1] and a[1] > a[3]
+    rng = np.random.default_rng(0)
+    quality = rng.uniform(1.5, 4.5, 400)
+    kinds = rng.choice(["gaussian_noise", "contrast"], 400)
+    votes = rate(quality, 25, np.random.default_rng(1), scale=ambiguity(quality, kinds))
+    assert spearmanr(votes.std(axis=1), ambiguity(quality, kinds)).statistic > 0.4

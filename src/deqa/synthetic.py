@@ -14,7 +14,8 @@ Design (measured to learn on CPU, see ``shared/method/CPU-DEFAULT.md``):
   an impairment that mixes a per-distortion severity table with ``1 - SSIM`` against the pristine
   crop, so that the same distortion hurts some contents more than others.
 * **Ratings**: a panel of ``raters`` simulated raters, each with its own bias and noise, gives
-  integer 1-5 votes for every image; the per-image vote counts, MOS, SD (ddof=1) and a KonIQ-style
+  integer 1-5 votes for every image; the noise is scaled per image by its :func:`ambiguity`
+  (mid-range quality and taste-driven distortions divide raters more), so the std is informative; the per-image vote counts, MOS, SD (ddof=1) and a KonIQ-style
   MOS_zscore follow from them.
 * **Splits**: content-disjoint by whole photo: ``test_photos`` -> test, ``val_photos`` -> val,
   all others -> train.
@@ -213,12 +214,36 @@ def latent_quality(p0: float, table: float, ssim: float) -> float:
     return 1.0 + (p0 - 1.0) * (1.0 - impairment)
 
 
-def rate(quality: np.ndarray, raters: int, rng: np.random.Generator) -> np.ndarray:
-    """Integer 1-5 votes (images x raters) of a panel with per-rater bias and noise."""
+# How much raters disagree about each kind of impairment (added to the image's ambiguity):
+# contrast and colour changes are partly a matter of taste, noise and blur much less so.
+DISAGREEMENT = {"pristine": 0.0, "gaussian_blur": 0.1, "gaussian_noise": 0.0, "jpeg": 0.1, "contrast": 0.45,
+                "pixelation": 0.2, "motion_blur": 0.1, "saturation": 0.45}
+
+
+def ambiguity(quality: np.ndarray, distortion: np.ndarray) -> np.ndarray:
+    """Per-image scale of the raters' noise: larger for mid-range quality and taste-driven changes.
+
+    ``0.6 + 0.5 * midness + DISAGREEMENT[distortion]`` with ``midness = 1 - ((q - 3) / 2)^2``, so
+    that, as in real IQA data, the spread of the votes carries information about the image (the
+    quantity DeQA-Score's predicted std learns), not only sampling noise.
+    """
+    midness = 1.0 - ((np.clip(quality, 1.0, 5.0) - 3.0) / 2.0) ** 2
+    extra = np.array([DISAGREEMENT.get(d, 0.0) for d in distortion])
+    return 0.6 + 0.5 * midness + extra
+
+
+def rate(quality: np.ndarray, raters: int, rng: np.random.Generator,
+         scale: np.ndarray | None = None) -> np.ndarray:
+    """Integer 1-5 votes (images x raters) of a panel with per-rater bias and noise.
+
+    ``scale`` (per image, default 1) multiplies every rater's noise on that image.
+    """
     bias = rng.normal(0.0, 0.3, raters)
     noise = rng.uniform(0.4, 0.8, raters)
     eps = rng.standard_normal((len(quality), raters))
-    return np.clip(np.rint(quality[:, None] + bias[None, :] + noise[None, :] * eps), 1, 5).astype(np.int64)
+    scale = np.ones(len(quality)) if scale is None else np.asarray(scale, dtype=float)
+    votes = quality[:, None] + bias[None, :] + noise[None, :] * scale[:, None] * eps
+    return np.clip(np.rint(votes), 1, 5).astype(np.int64)
 
 
 def koniq_table(votes: np.ndarray) -> pd.DataFrame:
@@ -312,7 +337,9 @@ def generate(cfg, out_dir: str | Path, seed: int = 0, progress: bool = True) -> 
     bar.close()
     meta_df = pd.DataFrame(meta, columns=["image_name", "photo", "crop", "distortion", "severity",
                                           "ssim", "quality", "split"])
-    votes = rate(meta_df["quality"].to_numpy(), cfg.raters, np.random.default_rng([seed, 0x5EED]))
+    meta_df["ambiguity"] = ambiguity(meta_df["quality"].to_numpy(), meta_df["distortion"].to_numpy())
+    votes = rate(meta_df["quality"].to_numpy(), cfg.raters, np.random.default_rng([seed, 0x5EED]),
+                 scale=meta_df["ambiguity"].to_numpy())
     table = koniq_table(votes)
     table.insert(0, "image_name", meta_df["image_name"])
     table["set"] = meta_df["split"].map({"train": "training", "val": "validation", "test": "test"})
