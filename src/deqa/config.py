@@ -45,6 +45,8 @@ class SourceConfig:
     ``labels`` is the label file, ``root`` the folder the image paths are relative to.
     ``lo``/``hi`` override the normalisation bounds (``null``: the observed MOS min/max).
     ``split`` forces one split for every row (``""``: the file's own split, else ``split_seed``).
+    ``required: false`` skips the source, with a warning, when its label file is absent (for data
+    that only some machines have, such as a cross-dataset test set).
     """
 
     name: str = "synthetic"
@@ -54,6 +56,7 @@ class SourceConfig:
     lo: float | None = None
     hi: float | None = None
     split: str = ""
+    required: bool = True
 
 
 @dataclass
@@ -112,6 +115,7 @@ class TinyModelConfig:
 
     image_size: int = 128
     vision_tokens: Literal["pooled", "multistage", "spatial"] = "multistage"
+    standardise: bool = True
     hidden_size: int = 128
     intermediate_size: int = 256
     layers: int = 2

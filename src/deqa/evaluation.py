@@ -4,7 +4,8 @@
 ``mos``, ``std``, ``lo``, ``hi``) with a :class:`~deqa.scoring.Scorer` and returns the
 predictions contract of :mod:`deqa.schema`. :func:`evaluation_frames` gathers the frames: the
 ``evaluate.splits`` of ``data/soft_labels/`` and every ``evaluate.extra`` source, imported with
-the same importers as ``prepare`` (all its rows count as ``test``; it never takes part in training).
+the same importers as ``prepare``; all its rows go to the split ``cross`` (cross-dataset, zero-shot:
+it never takes part in training), so ``metrics/evaluate.json`` reports it apart from ``test``.
 The metrics themselves are :func:`deqa.metrics.evaluate_predictions`.
 """
 
@@ -17,6 +18,8 @@ import pandas as pd
 from deqa.config import EvaluateConfig
 from deqa.labels import normalise
 from deqa.schema import PREDICTION_COLUMNS, PROB_COLUMNS
+
+CROSS_SPLIT = "cross"
 
 
 def evaluation_frames(cfg: EvaluateConfig, labels_dir: str | Path, seed: int = 0) -> pd.DataFrame:
@@ -32,8 +35,12 @@ def evaluation_frames(cfg: EvaluateConfig, labels_dir: str | Path, seed: int = 0
     for source in cfg.extra:
         from deqa.importers import import_labels
 
+        if not source.required and not Path(source.labels).is_file():
+            print(f"evaluate: extra set {source.name}: {source.labels} not found; skipped (required: false)")
+            continue
         df = import_labels(source.labels, source.format, root=source.root, name=source.name, lo=source.lo,
-                           hi=source.hi, split=source.split or "test", seed=seed)
+                           hi=source.hi, split="test", seed=seed)
+        df["split"] = CROSS_SPLIT
         df["m"], df["s"] = normalise(df["mos"], df["std"], df["lo"], df["hi"])
         frames.append(df)
     if not frames:

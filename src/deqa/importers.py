@@ -39,6 +39,7 @@ seeded split with ``val_fraction``/``test_fraction``; ``split=...`` forces one s
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path, PurePosixPath
 from typing import Callable
@@ -47,6 +48,8 @@ import numpy as np
 import pandas as pd
 
 from deqa.schema import MANIFEST_COLUMNS, SPLITS, VOTE_COLUMNS
+
+log = logging.getLogger(__name__)
 
 FORMATS = ("generic-csv", "koniq", "kadid", "spaq", "livec", "qalign-json", "deqa-json")
 """Label-file formats understood by :func:`import_labels` (``synthetic`` is a source, not a file)."""
@@ -353,6 +356,9 @@ def load_sources(
         raise LabelImportError(f"source names must be unique, repeated: {', '.join(dupes)}")
     frames = []
     for src in sources:
+        if src.format != "synthetic" and not getattr(src, "required", True) and not Path(src.labels).is_file():
+            log.warning("source %s: label file %s not found; skipped (required: false)", src.name, src.labels)
+            continue
         if src.format == "synthetic":
             from deqa.config import SyntheticConfig
             from deqa.synthetic import generate
