@@ -92,3 +92,18 @@ def test_batchnorm_statistics_survive_reload_and_train_mode(base, tmp_path):
     assert torch.equal(a, b)
     # and the features depend on the image (a reset tower maps everything alike)
     assert (a[0] - a[1]).abs().max() > 1e-3
+
+
+def test_standardisation_is_calibrated_saved_and_reloaded(tmp_path):
+    from deqa.tiny import build_tiny_llava, calibration_crops
+
+    path = build_tiny_llava(tmp_path / "std", image_size=64, vision_tokens="pooled", hidden_size=32,
+                            intermediate_size=64, layers=1, heads=2, seed=0, standardise=True)
+    tower = load_model(path).model.vision_tower
+    assert tower.config.standardise
+    assert not torch.equal(tower.feature_std, torch.ones_like(tower.feature_std)), "calibration was lost on reload"
+    with torch.no_grad():
+        tokens = tower(calibration_crops(64)).last_hidden_state[:, 0]
+    # on its own calibration photos the standardised token has zero mean and unit std per feature
+    assert tokens.mean(0).abs().max() < 1e-3
+    assert (tokens.std(0) - 1).abs().max() < 1e-2
