@@ -39,7 +39,7 @@ def prepare_base(cfg: ModelConfig, seed: int, out_dir: str | Path) -> dict:
         t = cfg.tiny
         build_tiny_llava(out, image_size=t.image_size, vision_tokens=t.vision_tokens, hidden_size=t.hidden_size,
                          intermediate_size=t.intermediate_size, layers=t.layers, heads=t.heads, seed=seed,
-                         standardise=t.standardise)
+                         standardise=t.standardise, projector_act=t.projector_act)
         return {"kind": "tiny", "parameters": count_parameters(out)}
     src = Path(cfg.base).expanduser()
     if not src.is_dir():

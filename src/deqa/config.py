@@ -116,6 +116,7 @@ class TinyModelConfig:
     image_size: int = 128
     vision_tokens: Literal["pooled", "multistage", "spatial"] = "multistage"
     standardise: bool = True
+    projector_act: Literal["gelu", "linear"] = "gelu"
     hidden_size: int = 128
     intermediate_size: int = 256
     layers: int = 2
@@ -131,12 +132,12 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10
+    epochs: int = 3
     max_steps: int = -1
-    batch_pairs: int = 8
+    batch_pairs: int = 16
     grad_accum: int = 1
     lr: float = 1e-3
-    weight_decay: float = 0.0
+    weight_decay: float = 0.1
     warmup_ratio: float = 0.03
     max_grad_norm: float = 1.0
     train_vision: bool = False

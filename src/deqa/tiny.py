@@ -261,7 +261,7 @@ def build_tokenizer(texts: list[str]):
 
 def build_tiny_llava(out_dir: str | Path, *, image_size: int, vision_tokens: str, hidden_size: int,
                      intermediate_size: int, layers: int, heads: int, seed: int,
-                     standardise: bool = False) -> Path:
+                     standardise: bool = False, projector_act: str = "gelu") -> Path:
     """Build and save the embedded default LLaVA to ``out_dir``; returns the directory."""
     from transformers import (
         CLIPImageProcessorPil, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration,
@@ -285,7 +285,7 @@ def build_tiny_llava(out_dir: str | Path, *, image_size: int, vision_tokens: str
         vision_config=vision, text_config=text,
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         vision_feature_layer=-1, vision_feature_select_strategy="full",
-        projector_hidden_act="gelu", tie_word_embeddings=False,
+        projector_hidden_act=projector_act, tie_word_embeddings=False,
     )
     model = LlavaForConditionalGeneration(config)
     load_imagenet_weights(model.model.vision_tower)
