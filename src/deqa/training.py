@@ -437,11 +437,12 @@ def train(params: Params, labels_dir: str | Path, base_dir: str | Path, out_dir:
             bar.set_postfix(loss=f"{float(losses['loss'].detach()):.4f}", epoch=epoch)
             if global_step % tcfg.log_every == 0 or global_step == total:
                 n = running.pop("n")
-                if live is not None:
+                if live is not None:  # x axis: the optimizer step
+                    live.step = global_step
                     for k, v in running.items():
-                        live.log_metric(f"train/{'loss' if k == 'loss' else k}", v / n)
+                        live.log_metric(f"train/{k}", v / n)
                     live.log_metric("train/lr", scheduler.get_last_lr()[0])
-                    live.next_step()
+                    live.make_summary()
                 running = {}
             if global_step % tcfg.checkpoint_every == 0:
                 save_checkpoint(epoch, b_idx + 1)
@@ -458,9 +459,10 @@ def train(params: Params, labels_dir: str | Path, base_dir: str | Path, out_dir:
             srcc, plcc = _validate(model, conv, val_ex, seed, cached, accelerator, tcfg.batch_pairs * 2)
             history.append({"epoch": epoch, "step": global_step, "val_srcc": srcc, "val_plcc": plcc})
             if live is not None:
+                live.step = global_step
                 live.log_metric("val/srcc", srcc)
                 live.log_metric("val/plcc", plcc)
-                live.next_step()
+                live.make_summary()
             bar.write(f"epoch {epoch}: val SRCC {srcc:.4f} PLCC {plcc:.4f}")
     bar.close()
     if live is not None:
