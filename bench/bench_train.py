@@ -84,14 +84,30 @@ def throughput(params, base: Path, steps: int) -> dict:
         t0 = time.perf_counter()
         for b in batches:
             fn(b)
-        res[label] = images / (time.perf_counter() - t0)
+        res[label] = max(res.get(label, 0.0), images / (time.perf_counter() - t0))
 
-    timed("uncached, one forward of 2B", lambda b: step(model, opt, b, conv, params.loss, split=False))
-    timed("uncached, two forwards of B", lambda b: step(model, opt, b, conv, params.loss, split=True))
+    for _ in range(2):  # alternate, best of two each: neither layout profits from running second
+        timed("uncached, one forward of 2B", lambda b: step(model, opt, b, conv, params.loss, split=False))
+        timed("uncached, two forwards of B", lambda b: step(model, opt, b, conv, params.loss, split=True))
     cached = CachedTower(get_module(model, names.vision))
     set_module(model, names.vision, cached)
 
-    def with_cache(b):
+    def with_cache(b, split=False):
+        n = len(b["keys"]) // 2
+        if split:  # each half's forward sees its own keys
+            halves = [b["keys"][:n], b["keys"][n:]]
+            original = model.forward
+
+            def forward(**inputs):
+                cached.keys = halves.pop(0)
+                return original(**inputs)
+
+            model.forward = forward
+            try:
+                step(model, opt, b, conv, params.loss, split=True)
+            finally:
+                del model.forward
+            return
         cached.keys = b["keys"]
         step(model, opt, b, conv, params.loss, split=False)
 
@@ -99,7 +115,9 @@ def throughput(params, base: Path, steps: int) -> dict:
         cached.keys = b["keys"]
         with torch.no_grad():
             model(**b["inputs"])
-    timed("cached, one forward of 2B", with_cache)
+    for _ in range(2):
+        timed("cached, one forward of 2B", with_cache)
+        timed("cached, two forwards of B", lambda b: with_cache(b, split=True))
     # collate cost, included above in neither: per batch
     t0 = time.perf_counter()
     for s in range(steps):
@@ -139,6 +157,7 @@ def main(argv=None) -> int:
         print(f"{k:40s} {v:8.1f} images/s")
     print(f"{'cache speed-up (training step only)':40s} {res['cached, one forward of 2B'] / res['uncached, one forward of 2B']:8.2f}x")
     print(f"{'one forward vs two (uncached)':40s} {res['uncached, one forward of 2B'] / res['uncached, two forwards of B']:8.2f}x")
+    print(f"{'one forward vs two (cached)':40s} {res['cached, one forward of 2B'] / res['cached, two forwards of B']:8.2f}x")
     if args.rss:
         print(f"{'peak RSS, one default epoch':40s} {peak_rss_one_epoch():8.0f} MiB")
     return 0
