@@ -83,3 +83,16 @@ def test_total_loss_weights_and_pair_sum():
     assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-9)
     with pytest.raises(ValueError, match="even"):
         deqa_loss(logits[:3], labels[:3], pos[:3], LEVEL_IDS, target[:3], m[:3], s[:3])
+
+
+def test_read_scores_reads_each_rows_level_position():
+    from deqa.losses import read_scores
+
+    logits = torch.zeros(2, 4, 7)
+    logits[0, 1, 6] = math.log(3.0)  # row 0 at position 1: excellent 3x as likely
+    logits[1, 3, 2] = 50.0  # row 1 at position 3: all mass on bad
+    probs, mu, sigma = read_scores(logits, torch.tensor([1, 3]), LEVEL_IDS)
+    assert probs.dtype == torch.float64
+    assert probs[0].tolist() == pytest.approx([1 / 7, 1 / 7, 1 / 7, 1 / 7, 3 / 7])
+    assert mu.tolist() == pytest.approx([(1 + 2 + 3 + 4 + 15) / 7, 1.0], abs=1e-6)  # float32 logits
+    assert sigma[1].item() == pytest.approx(0.0, abs=1e-6)

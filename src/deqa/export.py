@@ -15,7 +15,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from deqa.scoring import MODEL_CARD, Scorer
+from deqa.modeling import MODEL_CARD
+from deqa.scoring import Scorer
 
 
 def export(model_dir: str | Path, output: str | Path, base: str | Path | None = None,

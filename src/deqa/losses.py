@@ -42,6 +42,18 @@ def score_from_probs(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mu, var.clamp_min(0).sqrt()
 
 
+def read_scores(logits: torch.Tensor, level_pos: torch.Tensor,
+                level_ids: list[int] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Level probabilities (float64), score and predicted std read at each row's level position.
+
+    ``logits`` is ``(N, L, V)``, ``level_pos`` ``(N,)``; returns ``(probs (N, 5), mu (N,), sigma (N,))``.
+    """
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    probs = level_probs(logits[rows, level_pos.to(logits.device)], level_ids).double()
+    mu, sigma = score_from_probs(probs)
+    return probs, mu, sigma
+
+
 def answer_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Per-sample mean next-token CE over positions whose label is not ``-100``: ``(N,)``."""
     shift_logits = _up(logits[:, :-1])

@@ -28,6 +28,8 @@ from deqa import LEVELS
 from deqa.prompts import ANSWER_PREFIX, ANSWER_TEMPLATE, SCORING_QUESTION
 
 BASE_POINTER = "deqa_base.json"
+MODEL_CARD = "deqa_model.json"
+"""Written beside a trained model: base checkpoint, levels, level-token ids, params."""
 log = logging.getLogger(__name__)
 
 

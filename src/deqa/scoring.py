@@ -29,11 +29,10 @@ import numpy as np
 import torch
 
 from deqa import LEVELS
-from deqa.losses import level_probs, score_from_probs
-from deqa.modeling import Conversation, load_model, load_processor, resolve_checkpoint
+from deqa.losses import read_scores
+from deqa.modeling import MODEL_CARD, Conversation, load_model, load_processor, resolve_checkpoint
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
-MODEL_CARD = "deqa_model.json"
 EXIT_OK, EXIT_PARTIAL, EXIT_FAILED = 0, 1, 2
 
 
@@ -148,10 +147,7 @@ class Scorer:
         enc = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in enc.items()}
         if "pixel_values" in enc and enc["pixel_values"].is_floating_point():
             enc["pixel_values"] = enc["pixel_values"].to(self.model.dtype)
-        logits = self.model(**enc).logits
-        rows = torch.arange(logits.shape[0], device=logits.device)
-        probs = level_probs(logits[rows, pos.to(logits.device)], conv.level_ids).double()
-        mu, sigma = score_from_probs(probs)
+        probs, mu, sigma = read_scores(self.model(**enc).logits, pos, conv.level_ids)
         return ScoreResult(mu.cpu().numpy(), sigma.cpu().numpy(), probs.cpu().numpy())
 
     def score(self, images, batch_size: int | None = None, progress: bool | None = None) -> ScoreResult:

@@ -37,16 +37,15 @@ from torch import nn
 
 from deqa import LEVELS
 from deqa.config import Params, to_dict
-from deqa.losses import deqa_loss, level_probs, score_from_probs
+from deqa.losses import deqa_loss, read_scores
 from deqa.modeling import (
-    Conversation, freeze_batchnorm, get_module, load_model, load_processor, resolve_checkpoint,
+    MODEL_CARD, Conversation, freeze_batchnorm, get_module, load_model, load_processor, resolve_checkpoint,
     resolve_modules, set_module,
 )
 from deqa.prompts import QUESTIONS
 from deqa.schema import PROB_COLUMNS
 
 log = logging.getLogger(__name__)
-MODEL_CARD = "deqa_model.json"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,15 +290,6 @@ def _latest_checkpoint(ckpt_dir: Path, fp: str) -> Path | None:
     return max(found)[1] if found else None
 
 
-def _scores(model, batch, level_ids, device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    inputs = {k: v.to(device) for k, v in batch["inputs"].items()}
-    logits = model(**inputs).logits
-    rows = torch.arange(logits.shape[0], device=logits.device)
-    probs = level_probs(logits[rows, batch["level_pos"].to(logits.device)], level_ids)
-    mu, sigma = score_from_probs(probs)
-    return mu.float().cpu().numpy(), sigma.float().cpu().numpy(), probs.float().cpu().numpy()
-
-
 # ---------------------------------------------------------------------------------------------
 # the loop
 # ---------------------------------------------------------------------------------------------
@@ -496,8 +486,9 @@ def _validate(model, conv, val_ex, seed, cached, accelerator, batch_size) -> tup
             batch = collate.scoring(range(start, min(start + batch_size, len(val_ex))))
             if cached is not None:
                 cached.keys = batch["keys"]
-            mu, _, _ = _scores(model, batch, conv.level_ids, accelerator.device)
-            preds.append(mu)
+            inputs = {k: v.to(accelerator.device) for k, v in batch["inputs"].items()}
+            _, mu, _ = read_scores(model(**inputs).logits, batch["level_pos"], conv.level_ids)
+            preds.append(mu.cpu().numpy())
     model.train()
     pred = np.concatenate(preds)
     if np.ptp(pred) == 0:
