@@ -54,7 +54,7 @@ def test_every_key_can_be_overridden_like_dvc_exp_run_S():
     for key, value in flat_keys(raw).items():
         new = _other_value(value)
         if new is None:  # a string: find its type and pick another valid value
-            obj, cls = parsed, None
+            obj = parsed
             *path, last = key.split(".")
             for p in path:
                 obj = getattr(obj, p)

@@ -79,5 +79,3 @@ def headline(metrics: dict) -> dict[str, float | None]:
     block = metrics.get(split, {}).get("overall", {}) if split else {}
     return {"split": split, **{k: block.get(k) for k in ("n", "srcc", "plcc", "std_srcc", "entropy")}}
 
-
-__all__ = ["evaluation_frames", "predict", "write_predictions", "headline"]

@@ -43,7 +43,6 @@ import numpy as np
 import pandas as pd
 from scipy import special
 
-from deqa import LEVELS
 from deqa.schema import LABEL_COLUMNS, MANIFEST_COLUMNS, PROB_COLUMNS
 
 LEVEL_VALUES = np.arange(1.0, 6.0)
