@@ -149,6 +149,7 @@ class TrainConfig:
     checkpoint_every: int = 200
     resume: Literal["auto", "never"] = "auto"
     log_every: int = 10
+    select: Literal["best", "last"] = "best"
 
 
 @dataclass
