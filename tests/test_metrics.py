@@ -130,8 +130,13 @@ def test_bootstrap_interval_properties(xy):
     assert metrics.bootstrap_ci(x, y, "srcc", n_resamples=500, seed=1) != (lo, hi)
     # close to scipy's own percentile bootstrap (different draws, so loosely)
     res = stats.bootstrap(
-        (x, y), lambda a, b: stats.spearmanr(a, b).statistic, paired=True, vectorized=False,
-        n_resamples=500, method="percentile", rng=np.random.default_rng(0),
+        (x, y),
+        lambda a, b: stats.spearmanr(a, b).statistic,
+        paired=True,
+        vectorized=False,
+        n_resamples=500,
+        method="percentile",
+        rng=np.random.default_rng(0),
     )
     assert lo == pytest.approx(res.confidence_interval.low, abs=0.03)
     assert hi == pytest.approx(res.confidence_interval.high, abs=0.03)
@@ -177,7 +182,7 @@ def test_confusion_matrix_hand_case():
     expected[4, 4] = 1
     expected[2, 2] = 1
     np.testing.assert_array_equal(cm, expected)
-    with pytest.raises(ValueError, match="1..5"):
+    with pytest.raises(ValueError, match=r"1\.\.5"):
         metrics.confusion_matrix([0, 1], [1, 1])
     with pytest.raises(ValueError, match="length"):
         metrics.confusion_matrix([1, 2], [1])
@@ -187,9 +192,7 @@ def test_std_correlation_matches_scipy_and_drops_missing():
     true = np.array([0.5, 0.7, np.nan, 0.9, 0.4, 0.8])
     pred = np.array([0.6, 0.65, 0.1, 0.95, 0.3, 0.7])
     keep = ~np.isnan(true)
-    assert metrics.std_correlation(true, pred) == pytest.approx(
-        stats.spearmanr(true[keep], pred[keep]).statistic
-    )
+    assert metrics.std_correlation(true, pred) == pytest.approx(stats.spearmanr(true[keep], pred[keep]).statistic)
     assert metrics.std_correlation(true, pred, "plcc") == pytest.approx(
         stats.pearsonr(true[keep], pred[keep]).statistic
     )
@@ -225,12 +228,21 @@ def make_predictions(n_per=40, seed=0, datasets=("alpha", "beta"), splits=("val"
             sigma = np.clip(s + rng.normal(0, 0.2, n_per), 0.05, None)
             p = rng.dirichlet(np.ones(5), n_per)
             for i in range(n_per):
-                rows.append({
-                    "image": f"{dataset}/{split}_{i:03d}.png", "root": "/data", "dataset": dataset,
-                    "split": split, "mos": 10 * m[i], "std": 10 * s[i], "m": m[i], "s": s[i],
-                    "pred_mean": mu[i], "pred_std": sigma[i],
-                    **dict(zip(PROB_COLUMNS, p[i])),
-                })
+                rows.append(
+                    {
+                        "image": f"{dataset}/{split}_{i:03d}.png",
+                        "root": "/data",
+                        "dataset": dataset,
+                        "split": split,
+                        "mos": 10 * m[i],
+                        "std": 10 * s[i],
+                        "m": m[i],
+                        "s": s[i],
+                        "pred_mean": mu[i],
+                        "pred_std": sigma[i],
+                        **dict(zip(PROB_COLUMNS, p[i], strict=True)),
+                    }
+                )
     return pd.DataFrame(rows, columns=PREDICTION_COLUMNS)
 
 
@@ -318,3 +330,133 @@ def test_levels_agree_with_the_onehot_labels_of_deqa_labels():
     np.testing.assert_allclose(metrics.LEVEL_THRESHOLDS, labels.ONEHOT_THRESHOLDS)
     m = np.array([1.0, 1.8, 1.81, 2.6, 3.39, 3.4, 3.41, 4.2, 4.5, 5.0])
     np.testing.assert_array_equal(metrics.score_to_level(m), labels.onehot_labels(m).argmax(axis=-1) + 1)
+
+
+# ---- provenance breakdowns, monotonicity, the headline file ----------------------------------------
+def provenance_frame(rows):
+    """Predictions from ``(content, distortion, severity, m, pred_mean)`` tuples (one test split)."""
+    records = []
+    for i, (content, distortion, severity, m, mu) in enumerate(rows):
+        records.append(
+            {
+                "image": f"img_{i:02d}.png",
+                "root": "",
+                "dataset": "synthetic",
+                "split": "test",
+                "mos": m,
+                "std": 0.5,
+                "m": m,
+                "s": 0.5,
+                "pred_mean": mu,
+                "pred_std": 0.6,
+                **dict(zip(PROB_COLUMNS, [0.2] * 5, strict=True)),
+                "content": content,
+                "distortion": distortion,
+                "severity": severity,
+            }
+        )
+    return pd.DataFrame(records)
+
+
+# scene A: blur falls (perfect), noise wobbles; scene B: blur falls, noise rises (reversed)
+MONOTONICITY_ROWS = [
+    ("A", "pristine", 0, 4.5, 4.0),
+    ("A", "blur", 1, 4.0, 3.5),
+    ("A", "blur", 2, 3.0, 3.0),
+    ("A", "noise", 1, 4.0, 3.9),
+    ("A", "noise", 2, 3.0, 4.1),
+    ("B", "pristine", 0, 4.0, 3.0),
+    ("B", "blur", 1, 3.5, 2.5),
+    ("B", "blur", 2, 2.5, 2.0),
+    ("B", "noise", 1, 3.5, 3.5),
+    ("B", "noise", 2, 2.5, 4.0),
+]
+
+
+def test_severity_monotonicity_hand_case():
+    out = metrics.severity_monotonicity(provenance_frame(MONOTONICITY_ROWS))
+    # A/blur and B/blur: the score falls at every step -> +1.
+    # A/noise: severities 0,1,2 vs -score -4.0,-3.9,-4.1: ranks (1,2,3) vs (2,3,1),
+    #   d = (-1,-1,2), rho = 1 - 6*6/(3*(9-1)) = -0.5.  B/noise: score rises 3.0 -> 3.5 -> 4.0 -> -1.
+    assert out["n_series"] == 4 and out["n_undefined"] == 0
+    assert out["by_distortion"]["blur"] == {"mean": pytest.approx(1.0), "n_series": 2}
+    assert out["by_distortion"]["noise"]["mean"] == pytest.approx((-0.5 - 1.0) / 2)
+    assert out["mean"] == pytest.approx((1 + 1 - 0.5 - 1) / 4)
+
+
+def test_severity_monotonicity_edge_cases():
+    # a constant score makes the series undefined: counted, not averaged
+    rows = [
+        ("C", "pristine", 0, 4.0, 3.0),
+        ("C", "blur", 1, 3.0, 3.0),
+        ("C", "blur", 2, 2.0, 3.0),
+        ("D", "original", 0, 4.0, 4.0),
+        ("D", "blur", 1, 3.0, 3.0),
+    ]  # any severity-0 row is the reference
+    out = metrics.severity_monotonicity(provenance_frame(rows))
+    assert out["n_undefined"] == 1 and out["n_series"] == 1 and out["mean"] == pytest.approx(1.0)
+    # no provenance columns: nothing to measure
+    plain = make_predictions(n_per=5)
+    assert metrics.severity_monotonicity(plain) == {"mean": None, "n_series": 0, "n_undefined": 0, "by_distortion": {}}
+
+
+def test_provenance_breakdown_hand_case():
+    out = metrics.provenance_breakdown(provenance_frame(MONOTONICITY_ROWS))
+    blur = out["by_distortion"]["blur"]  # m = 4, 3, 3.5, 2.5; mu = 3.5, 3, 2.5, 2
+    assert blur["n"] == 4
+    assert blur["mean_m"] == pytest.approx(3.25) and blur["mean_pred"] == pytest.approx(2.75)
+    assert blur["bias"] == pytest.approx(-0.5)  # errors -0.5, 0, -1, -0.5
+    assert blur["mae"] == pytest.approx(0.5)
+    assert sorted(out["by_severity"]) == ["0", "1", "2"]
+    pristine = out["by_severity"]["0"]  # m 4.5, 4.0; mu 4.0, 3.0
+    assert pristine["n"] == 2 and pristine["bias"] == pytest.approx(-0.75)
+    assert out["by_distortion_severity"]["noise"]["2"]["mean_pred"] == pytest.approx(4.05)
+    assert metrics.provenance_breakdown(make_predictions(n_per=5)) == {}
+
+
+def test_evaluate_predictions_overall_only_with_several_datasets_and_breakdowns():
+    single = provenance_frame(MONOTONICITY_ROWS)
+    out = metrics.evaluate_predictions(single, bootstrap=0)
+    assert list(out["test"]) == ["synthetic"]  # no 'overall' repeating the one dataset
+    group = out["test"]["synthetic"]
+    assert group["monotonicity"]["mean"] == pytest.approx(0.125)
+    assert set(group["by_distortion"]) == {"blur", "noise", "pristine"}
+    two = metrics.evaluate_predictions(make_predictions(n_per=10), bootstrap=0)
+    assert list(two["test"]) == ["overall", "alpha", "beta"]
+    assert "monotonicity" not in two["test"]["alpha"] and "by_distortion" not in two["test"]["alpha"]
+
+
+def test_headline_metrics_keeps_the_few_readable_numbers():
+    detail = {
+        "test": {
+            "synthetic": {
+                "n": 10,
+                "srcc": 0.812345,
+                "srcc_lo": 0.7,
+                "plcc": 0.8,
+                "krcc": 0.6,
+                "rmse": 0.45678,
+                "std_srcc": None,
+                "kl": 0.25,
+                "js": 0.1,
+                "confusion": [[1]],
+                "monotonicity": {"mean": 0.96666, "n_series": 3},
+            }
+        },
+        "cross": {"livec": {"n": 5, "srcc": 0.3, "plcc": 0.31, "krcc": 0.2, "rmse": 0.9, "std_srcc": -0.01, "kl": 0.8}},
+    }
+    assert metrics.headline_metrics(detail) == {
+        "test": {
+            "synthetic": {"srcc": 0.8123, "plcc": 0.8, "krcc": 0.6, "rmse": 0.4568, "kl": 0.25, "monotonicity": 0.9667}
+        },
+        "cross": {"livec": {"srcc": 0.3, "plcc": 0.31, "krcc": 0.2, "rmse": 0.9, "std_srcc": -0.01, "kl": 0.8}},
+    }
+    # the validation split picks the checkpoint: left out, unless it is all there is
+    with_val = {**detail, "val": {"synthetic": {"n": 4, "srcc": 0.5}}}
+    assert "val" not in metrics.headline_metrics(with_val)
+    assert metrics.headline_metrics({"val": with_val["val"]}) == {"val": {"synthetic": {"srcc": 0.5}}}
+    assert metrics.headline_metrics(with_val, leave_out=())["val"] == {"synthetic": {"srcc": 0.5}}
+    table = metrics.headline_table(metrics.headline_metrics(detail)).splitlines()
+    assert table[0].split() == ["set", "srcc", "plcc", "krcc", "rmse", "std_srcc", "kl", "monotonicity"]
+    assert table[1].split() == ["test/synthetic", "0.8123", "0.8000", "0.6000", "0.4568", "-", "0.2500", "0.9667"]
+    assert table[2].split()[-1] == "-"

@@ -1,32 +1,30 @@
 """Evaluation metrics of the ``evaluate`` stage (DeQA-Score spec, section 7) and its plot tables.
 
 Everything here is a pure function of arrays or of a predictions frame
-(:data:`deqa.schema.PREDICTION_COLUMNS`); the stage only reads the model's predictions, calls
-:func:`evaluate_predictions` and :func:`plot_tables`, and writes what they return.
+(:data:`deqa.schema.PREDICTION_COLUMNS`). The stage calls :func:`evaluate_predictions` (the
+detail, written to ``data/evaluate/metrics.json``), :func:`headline_metrics` (the few numbers per
+evaluated set that ``dvc metrics show`` prints, ``metrics/evaluate.json``) and :func:`plot_tables`.
 
 Conventions
 -----------
-- **Ground truth is the normalised MOS** ``m`` (1..5). Within one dataset ``m`` is an increasing
-  affine map of the raw MOS, so SRCC/KRCC/PLCC are exactly those against the raw MOS, and the
-  4-parameter logistic absorbs the affine map too (its outputs β1, β2 are free); across datasets
-  (the ``overall`` group) only ``m`` is on a common scale. RMSE is therefore on the 1..5 scale.
+- **Ground truth is the normalised MOS** ``m`` (1..5), an increasing affine map of the raw MOS
+  within a dataset, so SRCC/KRCC/PLCC equal those against the raw MOS; across datasets (the
+  ``overall`` group) only ``m`` is on a common scale. RMSE is on the 1..5 scale.
 - **PLCC** (``plcc``) is computed after the VQEG 4-parameter logistic fit of the predictions onto
-  ``m``, initialised at ``[max y, min y, mean x, std x / 4]``. ``plcc_plain`` is the PLCC without
-  fitting (what pyiqa reports). When the fit fails (no convergence, or a degenerate curve), the
-  mapping falls back to a straight line, whose PLCC is the plain PLCC; ``logistic_ok: false``
-  records it.
-- **Bootstrap intervals** are percentile intervals over resampled images (seeded
-  :class:`numpy.random.Generator`). The PLCC interval keeps the logistic mapping fitted once on all
-  images (refitting per resample would cost one ``curve_fit`` per resample).
-- **Levels**: the ground-truth level of an image is the one-hot bin of ``m`` (thresholds 1.8, 2.6,
-  3.4, 4.2, bins closed on the right, spec section 3.5); the predicted level is the same bin of
-  ``pred_mean``. Binning the score (rather than taking the argmax of ``p_*``) compares like with
-  like: both sides are the same function of a 1..5 score, and a soft-label model whose mass is
-  spread over two neighbouring levels is not forced onto its mode.
+  ``m``, initialised at ``[max y, min y, mean x, std x / 4]``; ``plcc_plain`` without the fit.
+  When the fit fails the mapping falls back to a straight line (``logistic_ok: false``).
+- **Bootstrap intervals** are percentile intervals over resampled images (seeded); the PLCC
+  interval keeps the logistic mapping fitted once on all images.
+- **Levels**: an image's level is the one-hot bin of ``m`` (thresholds 1.8, 2.6, 3.4, 4.2, closed
+  on the right, spec section 3.5); the predicted level is the same bin of ``pred_mean`` (binning
+  the score compares like with like, and does not force a spread prediction onto its mode).
 - **Distribution gap**: KL(N(m, s) ‖ N(μ, σ)), JS and W2 per image (from :mod:`deqa.labels`),
-  averaged over the images that have a ground-truth std (``s > 0``) and a positive predicted std.
-- **Undefined values are** ``None`` (JSON ``null``), never NaN: e.g. correlations of a constant
-  prediction, or a bootstrap interval of fewer than 3 images.
+  averaged over the images with ``s > 0`` and ``σ > 0``.
+- **Provenance** (``content``, ``distortion``, ``severity``, :data:`deqa.schema.PROVENANCE_COLUMNS`):
+  where rows carry it, a set also gets per-distortion/per-severity breakdowns
+  (:func:`provenance_breakdown`) and :func:`severity_monotonicity`, signed so that +1 is a score
+  that always falls as the distortion gets stronger.
+- **Undefined values are** ``None`` (JSON ``null``), never NaN.
 """
 
 from __future__ import annotations
@@ -34,16 +32,17 @@ from __future__ import annotations
 import math
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
 from deqa import LEVELS
-from deqa.schema import PROB_COLUMNS
+from deqa.schema import PROB_COLUMNS, PROVENANCE_COLUMNS
 
 LEVEL_THRESHOLDS = (1.8, 2.6, 3.4, 4.2)
 """Upper edges of levels 1..4 on the 1..5 scale (bins closed on the right, spec section 3.5)."""
@@ -58,9 +57,7 @@ ROUND = 6
 """Decimals kept in the metrics JSON (stable across platforms, readable in ``dvc metrics show``)."""
 
 
-# --------------------------------------------------------------------------------------------
-# helpers
-# --------------------------------------------------------------------------------------------
+# ---- helpers ---------------------------------------------------------------------------------
 def _pair(x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
     """Two equal-length 1-D float arrays with the pairs holding a non-finite value removed."""
     x = np.asarray(x, dtype=float).ravel()
@@ -86,9 +83,7 @@ def _finite(value: Any, ndigits: int | None = ROUND) -> float | None:
     return round(value, ndigits) if ndigits is not None else value
 
 
-# --------------------------------------------------------------------------------------------
-# correlations
-# --------------------------------------------------------------------------------------------
+# ---- correlations ----------------------------------------------------------------------------
 def srcc(pred: Any, target: Any) -> float | None:
     """Spearman rank correlation (``scipy.stats.spearmanr``); ``None`` when undefined."""
     x, y = _pair(pred, target)
@@ -113,9 +108,7 @@ def plcc(pred: Any, target: Any) -> float | None:
     return _finite(stats.pearsonr(x, y).statistic, None)
 
 
-# --------------------------------------------------------------------------------------------
-# the VQEG 4-parameter logistic
-# --------------------------------------------------------------------------------------------
+# ---- the VQEG 4-parameter logistic -----------------------------------------------------------
 def logistic4(x: Any, b1: float, b2: float, b3: float, b4: float) -> np.ndarray:
     """VQEG 4-parameter logistic ``(b1 - b2) / (1 + exp(-(x - b3) / |b4|)) + b2``."""
     x = np.asarray(x, dtype=float)
@@ -197,9 +190,7 @@ def rmse_fitted(pred: Any, target: Any, fit: LogisticFit | None = None) -> float
     return _finite(np.sqrt(np.mean((fit.predict(x) - y) ** 2)), None)
 
 
-# --------------------------------------------------------------------------------------------
-# bootstrap
-# --------------------------------------------------------------------------------------------
+# ---- bootstrap -------------------------------------------------------------------------------
 def _rowwise_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Pearson correlation of each row of ``a`` with the same row of ``b`` (NaN where constant)."""
     a = a - a.mean(axis=1, keepdims=True)
@@ -257,13 +248,9 @@ def bootstrap_ci(
             raise ValueError(f"unknown statistic {statistic!r}; use one of {sorted(_VECTORISED)}")
         func = _VECTORISED[statistic]
         step = max(1, chunk_elements // n)
-        values = np.concatenate(
-            [func(x[idx[i : i + step]], y[idx[i : i + step]]) for i in range(0, n_resamples, step)]
-        )
+        values = np.concatenate([func(x[idx[i : i + step]], y[idx[i : i + step]]) for i in range(0, n_resamples, step)])
     else:
-        values = np.array(
-            [np.nan if (v := statistic(x[i], y[i])) is None else v for i in idx], dtype=float
-        )
+        values = np.array([np.nan if (v := statistic(x[i], y[i])) is None else v for i in idx], dtype=float)
     values = values[np.isfinite(values)]
     if values.size == 0:
         return None, None
@@ -272,9 +259,7 @@ def bootstrap_ci(
     return float(lo), float(hi)
 
 
-# --------------------------------------------------------------------------------------------
-# levels
-# --------------------------------------------------------------------------------------------
+# ---- levels ----------------------------------------------------------------------------------
 def score_to_level(score: Any) -> np.ndarray:
     """One-hot level (1..5) of scores on the 1..5 scale: thresholds 1.8/2.6/3.4/4.2, closed right.
 
@@ -357,19 +342,20 @@ def distribution_gap(m: Any, s: Any, mu: Any, sigma: Any) -> dict[str, float | N
     return out
 
 
-# --------------------------------------------------------------------------------------------
-# the evaluate stage's entry points
-# --------------------------------------------------------------------------------------------
+# ---- the evaluate stage's entry points -------------------------------------------------------
 REQUIRED_COLUMNS = ("dataset", "split", "m", "s", "pred_mean", "pred_std", *PROB_COLUMNS)
+
+HEADLINE_KEYS = ("srcc", "plcc", "krcc", "rmse", "std_srcc", "kl")
+"""Per evaluated set, the numbers of the headline metrics file (``metrics/evaluate.json``)."""
+
+HEADLINE_ROUND = 4
+"""Decimals of the headline file: enough for a 0.02 quality margin, short in ``dvc exp show``."""
 
 
 def _check_frame(df: pd.DataFrame) -> None:
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
-        raise ValueError(
-            f"predictions are missing column(s) {', '.join(missing)} "
-            "(see deqa.schema.PREDICTION_COLUMNS)"
-        )
+        raise ValueError(f"predictions are missing column(s) {', '.join(missing)} (see deqa.schema.PREDICTION_COLUMNS)")
     if (df["dataset"].astype(str) == OVERALL).any():
         raise ValueError(f"a dataset may not be named {OVERALL!r}: it is the all-datasets key")
 
@@ -389,7 +375,7 @@ def group_metrics(df: pd.DataFrame, bootstrap: int = 1000, seed: int = 0) -> dic
     x = df["pred_mean"].to_numpy(float)
     y = df["m"].to_numpy(float)
     fit = fit_logistic(x, y)
-    out: dict[str, Any] = {"n": int(len(df))}
+    out: dict[str, Any] = {"n": len(df)}
     out["srcc"] = _finite(srcc(x, y))
     out["krcc"] = _finite(krcc(x, y))
     out["plcc"] = _finite(plcc(fit.predict(x), y))
@@ -414,25 +400,150 @@ def group_metrics(df: pd.DataFrame, bootstrap: int = 1000, seed: int = 0) -> dic
     return out
 
 
-def evaluate_predictions(df: pd.DataFrame, bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """Metrics per split, overall and per dataset: ``{split: {"overall": {...}, dataset: {...}}}``.
+def _provenance_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows with a content, a distortion and a numeric severity (empty without the columns)."""
+    if not all(c in df.columns for c in PROVENANCE_COLUMNS):
+        return df.iloc[0:0]
+    severity = pd.to_numeric(df["severity"], errors="coerce")
+    keep = df["content"].notna() & df["distortion"].notna() & severity.notna()
+    return df[keep].assign(severity=severity[keep].astype(int), distortion=df["distortion"][keep].astype(str))
 
-    ``df`` follows :data:`deqa.schema.PREDICTION_COLUMNS`. Splits and datasets appear in sorted
-    order; each group is :func:`group_metrics` with ``bootstrap`` resamples seeded by ``seed``. The
-    result is JSON-ready (no NaN) for :func:`deqa.stage.write_json`, and ``dvc metrics show`` reads
-    it as ``test.overall.srcc``, ``test.synthetic.plcc``... (lists and nulls are not shown there).
+
+def _cell(part: pd.DataFrame) -> dict[str, Any]:
+    """Small-group numbers of a breakdown: n, mean m, mean μ, bias, MAE, SRCC and plain PLCC."""
+    m, mu = part["m"].to_numpy(float), part["pred_mean"].to_numpy(float)
+    both = np.isfinite(m) & np.isfinite(mu)
+    err = mu[both] - m[both]
+    return {
+        "n": len(part),
+        "mean_m": _finite(np.mean(m[both])) if both.any() else None,
+        "mean_pred": _finite(np.nanmean(mu)) if np.isfinite(mu).any() else None,
+        "bias": _finite(err.mean()) if err.size else None,
+        "mae": _finite(np.abs(err).mean()) if err.size else None,
+        "srcc": _finite(srcc(mu, m)),
+        "plcc": _finite(plcc(mu, m)),
+    }
+
+
+def provenance_breakdown(df: pd.DataFrame) -> dict[str, Any]:
+    """Per-distortion, per-severity and per (distortion, severity) numbers of :func:`_cell`.
+
+    ``by_distortion`` ({name: cell}, ``pristine`` included), ``by_severity`` ({"0": cell, "1":
+    ...}) and ``by_distortion_severity`` ({name: {"1": cell, ...}}); empty dict when the rows
+    carry no provenance (:data:`deqa.schema.PROVENANCE_COLUMNS`).
+    """
+    rows = _provenance_rows(df)
+    if rows.empty:
+        return {}
+    out: dict[str, Any] = {"by_distortion": {}, "by_severity": {}, "by_distortion_severity": {}}
+    for name, part in rows.groupby("distortion", sort=True):
+        out["by_distortion"][name] = _cell(part)
+        out["by_distortion_severity"][name] = {str(s): _cell(p) for s, p in part.groupby("severity", sort=True)}
+    for severity, part in rows.groupby("severity", sort=True):
+        out["by_severity"][str(severity)] = _cell(part)
+    return out
+
+
+def severity_monotonicity(df: pd.DataFrame, score: str = "pred_mean") -> dict[str, Any]:
+    """Does the predicted score fall as a distortion gets stronger, scene by scene?
+
+    For every (content, distortion) with severities 1..N, the series is that content's pristine
+    rows (severity 0, whatever their distortion name) plus its rows of that distortion; its value
+    is the Spearman correlation **SRCC(severity, −score)**, so a scorer whose score strictly falls
+    with severity gets +1.0, one that ignores the distortion ~0, one that rises −1.0. A series
+    with fewer than two severities or a constant score is undefined and only counted.
+
+    Returns ``mean`` (over all defined series, i.e. over scenes and distortions), ``n_series``,
+    ``n_undefined`` and ``by_distortion`` ({name: {"mean", "n_series"}}); ``mean`` is ``None``
+    when no series is defined (e.g. no provenance columns).
+    """
+    rows = _provenance_rows(df)
+    values: dict[str, list[float]] = {}
+    undefined = 0
+    if rows.empty:
+        return {"mean": None, "n_series": 0, "n_undefined": 0, "by_distortion": {}}
+    rows = rows[np.isfinite(rows[score].astype(float))]
+    pristine = rows[rows["severity"] == 0]
+    for (content, name), part in rows[rows["severity"] > 0].groupby(["content", "distortion"], sort=True):
+        series = pd.concat([pristine[pristine["content"] == content], part])
+        rho = srcc(series["severity"].to_numpy(float), -series[score].to_numpy(float))
+        if rho is None:
+            undefined += 1
+        else:
+            values.setdefault(name, []).append(rho)
+    every = [v for vs in values.values() for v in vs]
+    return {
+        "mean": _finite(np.mean(every)) if every else None,
+        "n_series": len(every),
+        "n_undefined": undefined,
+        "by_distortion": {k: {"mean": _finite(np.mean(v)), "n_series": len(v)} for k, v in values.items()},
+    }
+
+
+def set_metrics(df: pd.DataFrame, bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """:func:`group_metrics` plus, for rows with provenance, the breakdowns and ``monotonicity``."""
+    out = group_metrics(df, bootstrap, seed)
+    breakdown = provenance_breakdown(df)
+    if breakdown:
+        out.update(breakdown)
+        out["monotonicity"] = severity_monotonicity(df)
+    return out
+
+
+def evaluate_predictions(df: pd.DataFrame, bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """The detail metrics of every evaluated set: ``{split: {dataset: {...}}}``.
+
+    ``df`` follows :data:`deqa.schema.PREDICTION_COLUMNS` (with optional provenance columns).
+    Each set is :func:`set_metrics` with ``bootstrap`` resamples seeded by ``seed``; a split with
+    two or more datasets also gets ``overall`` (all its rows; with one dataset it would repeat it).
+    Splits and datasets in sorted order; JSON-ready (no NaN) for :func:`deqa.stage.write_json`.
     """
     _check_frame(df)
     out: dict[str, Any] = {}
     for split in sorted(df["split"].astype(str).unique()):
         part = df[df["split"].astype(str) == split]
-        block = {OVERALL: group_metrics(part, bootstrap, seed)}
-        for dataset in sorted(part["dataset"].astype(str).unique()):
-            block[dataset] = group_metrics(part[part["dataset"].astype(str) == dataset], bootstrap, seed)
+        datasets = sorted(part["dataset"].astype(str).unique())
+        block = {OVERALL: set_metrics(part, bootstrap, seed)} if len(datasets) > 1 else {}
+        for dataset in datasets:
+            block[dataset] = set_metrics(part[part["dataset"].astype(str) == dataset], bootstrap, seed)
         out[split] = block
     return out
 
 
+def headline_metrics(detail: dict[str, Any], leave_out: tuple[str, ...] = ("val",)) -> dict[str, Any]:
+    """The headline file from :func:`evaluate_predictions`'s detail: ``{split: {set: {...}}}``.
+
+    Per set only :data:`HEADLINE_KEYS` (SRCC, fitted PLCC, KRCC, fitted RMSE, predicted-vs-
+    ground-truth std SRCC, Gaussian KL) and, for sets with provenance, ``monotonicity`` (the mean
+    of :func:`severity_monotonicity`), rounded to :data:`HEADLINE_ROUND` decimals; undefined
+    values are left out, so ``dvc metrics show`` prints a short row. The ``leave_out`` splits are
+    skipped unless nothing else was evaluated: ``val`` picks the checkpoint (its numbers are
+    optimistic, and ``metrics/train.json`` already holds its SRCC/PLCC).
+    """
+    splits = [s for s in detail if s not in leave_out] or list(detail)
+    out: dict[str, Any] = {}
+    for split in splits:
+        for name, group in detail[split].items():
+            values = {k: group.get(k) for k in HEADLINE_KEYS}
+            values["monotonicity"] = (group.get("monotonicity") or {}).get("mean")
+            values = {k: round(float(v), HEADLINE_ROUND) for k, v in values.items() if v is not None}
+            out.setdefault(split, {})[name] = values
+    return out
+
+
+def headline_table(headline: dict[str, Any]) -> str:
+    """The headline metrics as a fixed-width text table (one line per set), for a console."""
+    keys = [*HEADLINE_KEYS, "monotonicity"]
+    keys = [k for k in keys if any(k in g for b in headline.values() for g in b.values())]
+    lines = ["set".ljust(24) + "".join(k.rjust(13) for k in keys)]
+    for split, block in headline.items():
+        for name, group in block.items():
+            cells = "".join((f"{group[k]:.4f}" if k in group else "-").rjust(13) for k in keys)
+            lines.append(f"{split}/{name}".ljust(24) + cells)
+    return "\n".join(lines)
+
+
+# ---- plot tables -----------------------------------------------------------------------------
 def default_plot_split(df: pd.DataFrame) -> str | None:
     """The split the plot tables show: ``test`` if present, else ``val``, else all rows (None)."""
     present = set(df["split"].astype(str))
@@ -492,8 +603,9 @@ def plot_tables(df: pd.DataFrame, split: str | None = "auto") -> dict[str, pd.Da
     return out
 
 
-def write_plot_tables(df: pd.DataFrame, out_dir: str | Path = "data/evaluate/plots",
-                      split: str | None = "auto") -> list[Path]:
+def write_plot_tables(
+    df: pd.DataFrame, out_dir: str | Path = "data/evaluate/plots", split: str | None = "auto"
+) -> list[Path]:
     """Write :func:`plot_tables` as ``<out_dir>/<key>.csv`` (the files ``dvc.yaml`` plots)."""
     paths = []
     for key, table in plot_tables(df, split).items():
