@@ -1,12 +1,17 @@
-"""The report renders from a small fixture: sections, embedded images, no external resources."""
+"""The report: typed readers, what the page shows (and does not repeat), the summary, the
+experiments table from dvc.api, and a render in headless Chromium when one is installed."""
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import importlib.util
 import io
 import json
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,163 +21,369 @@ import yaml
 from PIL import Image
 
 from deqa import metrics, report
-from deqa.config import Params, ReportConfig, to_dict
+from deqa.config import Params, to_dict
+from deqa.report import browser, context, experiments, inputs, provenance
 from deqa.schema import PREDICTION_COLUMNS, PROB_COLUMNS
 
-SECTION_IDS = ["glance", "data", "discretisation", "training", "metrics", "scatter", "confusion",
-               "calibration", "examples", "experiments", "params"]
+SECTION_IDS = [key for key, _ in report.SECTIONS]
 B64_PNG = re.compile(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
+DISTORTIONS = ("blur", "noise", "jpeg", "contrast")
 
 
-def _fake_experiments(evaluate: dict) -> list[dict]:
-    """The shape of ``dvc exp show --json``: a workspace, a baseline commit, one experiment."""
-    def state(rev, name, kind, srcc):
-        ev = json.loads(json.dumps(evaluate))
-        ev["test"]["overall"]["srcc"] = srcc
-        return {"rev": rev, "name": name, "error": None, "experiments": None, "data": {
-            "rev": rev, "timestamp": None, "meta": {}, "deps": {}, "outs": {},
-            "params": {"params.yaml": {"data": {"soft_labels": {"kind": kind}, "train": {"lr": 0.001}}}},
-            "metrics": {"metrics/evaluate.json": {"data": ev}},
-        }}
-    workspace = state("workspace", None, "soft", 0.777)
-    baseline = state("abcdef1234567", "main", "soft", 0.777)
-    baseline["experiments"] = [{"name": "onehot-run", "executor": None,
-                                "revs": [state("1234567abcdef", "onehot-run", "onehot", 0.612)]}]
-    return [workspace, baseline]
+def _test_rows(rng: np.random.Generator, images: Path) -> list[dict]:
+    """Synthetic-like test rows: 3 scenes × (pristine + 4 distortions × 2 severities); the
+    prediction falls exactly with severity (a perfectly monotonic scorer)."""
+    rows = []
+    for c in range(3):
+        for distortion, severity in [("pristine", 0)] + [(d, k) for d in DISTORTIONS for k in (1, 2)]:
+            name = f"scene{c}_{distortion}_{severity}.png"
+            m = 4.5 - 1.2 * severity + 0.2 * c + rng.normal(0, 0.1)
+            Image.new("RGB", (24, 20), (40 * severity, 200 - 50 * c, 90)).save(images / name)
+            rows.append(
+                {
+                    "image": name,
+                    "root": "images",
+                    "dataset": "synthetic",
+                    "split": "test",
+                    "m": m,
+                    "s": 0.5 + 0.1 * c,
+                    "pred_mean": 4.6 - severity - 0.1 * c,
+                    "pred_std": 0.6,
+                    "content": f"scene{c}",
+                    "distortion": distortion,
+                    "severity": severity,
+                }
+            )
+    return rows
+
+
+def _cross_rows(rng: np.random.Generator, images: Path) -> list[dict]:
+    rows = []
+    for i in range(12):
+        name = f"wild_{i}.png"
+        Image.new("RGB", (20, 24), (10 * i, 90, 200)).save(images / name)
+        m = rng.uniform(1, 5)
+        rows.append(
+            {
+                "image": name,
+                "root": "images",
+                "dataset": "livec",
+                "split": "cross",
+                "m": m,
+                "s": rng.uniform(0.3, 0.9),
+                "pred_mean": float(np.clip(m + rng.normal(0, 0.8), 1, 5)),
+                "pred_std": 0.7,
+            }
+        )
+    return rows
+
+
+def _write_stage_metrics(root: Path) -> None:
+    """The soft_labels and validate stages' JSON files: one failed expectation with its example."""
+    (root / "metrics/discretisation.json").write_text(
+        json.dumps(
+            {
+                "synthetic": {
+                    "n": 100,
+                    "mean_error": 0.0072,
+                    "onehot_mean_error": 0.303,
+                    "std_error": 0.05,
+                    "onehot_std_error": 0.4,
+                    "js": 0.001,
+                    "fallbacks": 3,
+                }
+            }
+        )
+    )
+    (root / "data/validate").mkdir(parents=True)
+    expectations = [
+        {
+            "name": "mos_in_scale",
+            "success": True,
+            "level": "row",
+            "description": "MOS within [lo, hi]",
+            "unexpected_count": 0,
+            "failing_rows": [],
+        },
+        {
+            "name": "file_decodes",
+            "success": False,
+            "level": "row",
+            "description": "the image decodes",
+            "unexpected_count": 1,
+            "failing_rows": [{"row": 3, "image": "broken.png", "reason": "truncated file"}],
+        },
+    ]
+    (root / "data/validate/report.json").write_text(
+        json.dumps(
+            {
+                "on_error": "quarantine",
+                "success": True,
+                "rows_in": 40,
+                "kept": 39,
+                "quarantined": 1,
+                "rows_failing": 1,
+                "missing_columns": [],
+                "expectations": expectations,
+                "kept_expectations": [],
+            }
+        )
+    )
+    (root / "metrics/validate.json").write_text(
+        json.dumps(
+            {
+                "rows_in": 40,
+                "kept": 39,
+                "quarantined": 1,
+                "success": True,
+                "expectations_passed": 1,
+                "expectations_total": 2,
+                "failing_rows": {"mos_in_scale": 0, "file_decodes": 1},
+            }
+        )
+    )
 
 
 @pytest.fixture
-def fixture_repo(tmp_path: Path) -> Path:
+def outputs(tmp_path: Path) -> Path:
+    """A checkout's pipeline outputs, in the shapes the stages write them."""
     rng = np.random.default_rng(0)
-    images = tmp_path / "images"
-    images.mkdir()
-    rows = []
-    for split, n in (("val", 8), ("test", 14)):
-        m = rng.uniform(1, 5, n)
-        s = rng.uniform(0.3, 0.9, n)
-        mu = np.clip(m + rng.normal(0, 0.4, n), 1, 5)
-        probs = rng.dirichlet(np.ones(5) * 2, n)
-        for i in range(n):
-            name = f"{split}_{i}.png"
-            level = int(40 + 40 * m[i])
-            Image.new("RGB", (24, 20), (level, 255 - level, 90)).save(images / name)
-            rows.append({"image": name, "root": "images", "dataset": "synthetic" if i % 3 else "other",
-                         "split": split, "mos": m[i] * 20, "std": s[i] * 20, "m": m[i], "s": s[i],
-                         "pred_mean": mu[i], "pred_std": s[i] * 0.8 + 0.1,
-                         **dict(zip(PROB_COLUMNS, probs[i]))})
-    df = pd.DataFrame(rows, columns=PREDICTION_COLUMNS)
+    (tmp_path / "images").mkdir()
+    df = pd.DataFrame(_test_rows(rng, tmp_path / "images") + _cross_rows(rng, tmp_path / "images"))
+    df["mos"], df["std"] = df["m"], df["s"]
+    df[PROB_COLUMNS] = rng.dirichlet(np.ones(5) * 2, len(df))
+    df = df[[*PREDICTION_COLUMNS, "content", "distortion", "severity"]]
     (tmp_path / "data/evaluate").mkdir(parents=True)
     df.to_csv(tmp_path / "data/evaluate/predictions.csv", index=False)
+    detail = metrics.evaluate_predictions(df, bootstrap=50)
+    (tmp_path / "data/evaluate/metrics.json").write_text(json.dumps(detail))
     (tmp_path / "metrics").mkdir()
-    evaluate = metrics.evaluate_predictions(df, bootstrap=50)
-    (tmp_path / "metrics/evaluate.json").write_text(json.dumps(evaluate))
-    (tmp_path / "metrics/discretisation.json").write_text(json.dumps({"synthetic": {
-        "n": 100, "mean_error": 0.0072, "onehot_mean_error": 0.303, "std_error": 0.05,
-        "onehot_std_error": 0.4, "js": 0.001, "fallbacks": 3}}))
-    (tmp_path / "metrics/validate.json").write_text(json.dumps(
-        {"rows": 22, "quarantined": 1, "success": True,
-         "failing_rows": {f"check_{i}": int(i == 3) * 2 for i in range(12)}}))
-    (tmp_path / "data/validate").mkdir(parents=True)
-    (tmp_path / "data/validate/report.json").write_text(json.dumps(
-        {"success": True, "checks": [{"name": "mos_in_range", "ok": True}], "counts": {"train": 10}}))
-    manifest = df[["image", "root", "dataset", "split", "mos", "std"]].copy()
-    manifest = pd.concat([manifest, manifest.assign(split="train", image="t" + manifest["image"])])
-    manifest.to_csv(tmp_path / "data/validate/manifest.csv", index=False)
-    (tmp_path / "metrics/train.json").write_text(json.dumps({"steps": 20, "final_loss": 0.5}))
+    (tmp_path / "metrics/evaluate.json").write_text(json.dumps(metrics.headline_metrics(detail)))
+    _write_stage_metrics(tmp_path)
+    manifest = df[["image", "root", "dataset", "split", "mos", "std"]]
+    pd.concat([manifest, manifest.assign(split="train")]).to_csv(tmp_path / "data/validate/manifest.csv", index=False)
+    (tmp_path / "metrics/train.json").write_text(json.dumps({"steps": 20, "val_srcc": 0.6, "best_epoch": 2}))
     curves = tmp_path / "dvclive/train/plots/metrics"
-    (curves / "train").mkdir(parents=True)
-    (curves / "val").mkdir(parents=True)
-    pd.DataFrame({"step": range(20), "loss": np.linspace(2, 0.5, 20)}).to_csv(curves / "train/loss.tsv", sep="\t", index=False)
-    pd.DataFrame({"step": [5, 10, 15], "srcc": [0.3, 0.5, 0.6]}).to_csv(curves / "val/srcc.tsv", sep="\t", index=False)
-    params = to_dict(Params())
-    params["report"]["experiments"] = False
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    for name, values in (("train/loss", np.linspace(2, 0.5, 20)), ("val/srcc", [0.3, 0.5, 0.6])):
+        (curves / name).parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame({"timestamp": 0, "step": range(len(values)), name.split("/")[1]: values}).to_csv(
+            curves / f"{name}.tsv", sep="\t", index=False
+        )
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(to_dict(Params())))
     return tmp_path
 
 
-def _build(repo: Path, experiments=None, examples=2):
-    sources = report.ReportSources(base_dir=repo)
-    paths = report.build_report(repo / "reports", sources, ReportConfig(examples=examples), experiments=experiments)
+def _build(repo: Path, examples: int = 2) -> tuple[str, str]:
+    paths = report.build_report(
+        repo / "out", report.ReportSources(base_dir=repo), type("C", (), {"examples": examples})
+    )
     return paths["html"].read_text(encoding="utf-8"), paths["summary"].read_text(encoding="utf-8")
 
 
-def test_report_has_sections_and_embedded_images(fixture_repo):
-    evaluate = json.loads((fixture_repo / "metrics/evaluate.json").read_text())
-    html_text, summary = _build(fixture_repo, experiments=_fake_experiments(evaluate), examples=2)
-    for key in SECTION_IDS:
-        assert f'<section id="{key}">' in html_text, key
-    assert "Not available" not in html_text
-    pngs = B64_PNG.findall(html_text)
-    # glance scatter + curves + 2 scatter splits + confusion + calibration + 4 thumbs + 4 bars
-    assert len(pngs) >= 14
+def _section(page: str, key: str) -> str:
+    start = page.index(f'<section id="{key}">')
+    return page[start : page.index("</section>", start)]
+
+
+def test_report_sections_images_and_self_contained(outputs):
+    page, summary = _build(outputs)
+    assert [m for m in re.findall(r'<section id="([^"]+)">', page)] == SECTION_IDS
+    assert "Not available" not in page and "Inputs not available" not in page
+    pngs = B64_PNG.findall(page)
+    # scatter, breakdown response, confusion, calibration, curves + 2 best + 2 worst (thumb + bars)
+    assert len(pngs) == 5 + 8
     for b64 in pngs:
         with Image.open(io.BytesIO(base64.b64decode(b64))) as im:
             assert im.format == "PNG" and im.size[0] > 0
-    assert html_text.count('class="thumb"') == 4  # 2 best + 2 worst, all images found
-    # self-contained: no external resources or scripts
-    assert not re.search(r"https?://", html_text)
-    assert "<script" not in html_text and "<link" not in html_text
-    # the headline numbers of metrics/evaluate.json appear
-    overall = evaluate["test"]["overall"]
-    assert f"{overall['srcc']:.3f} [{overall['srcc_lo']:.3f}, {overall['srcc_hi']:.3f}]" in html_text
-    assert f"{overall['plcc']:.3f}" in html_text
-    # discretisation table, validation outcome, params, training curve names
-    assert "0.3030" in html_text and "binary fallbacks" in html_text
-    assert "mos_in_range" in html_text and "quarantined" in html_text
-    assert "checks: 1 record(s), 1 passed, 0 failed" in html_text
-    assert "1 of 12 non-zero: check_3=2" in html_text  # wide count dicts are summarised
-    data_section = html_text[html_text.index('<section id="data">'):html_text.index('<section id="discretisation">')]
-    assert "<td>train</td>" in data_section  # the validated manifest's training split is summarised
-    assert "final_loss" in html_text
-    assert "soft_labels.kind" in html_text
-    # experiments table: the varying param and both runs' SRCC
-    exp = html_text[html_text.index('<section id="experiments">'):]
-    assert "onehot-run" in exp and "0.612" in exp and "0.777" in exp
-    assert "<th>soft_labels.kind</th>" in exp and "<th>train.lr</th>" not in exp
-    # the summary has the headline and the metrics table
+    assert not re.search(r"https?://", page)
+    assert "<script" not in page and "<link" not in page
     assert summary.startswith("# deqa report summary")
-    assert f"| test | overall | {overall['n']} |" in summary
-    assert "onehot-run" in summary
 
 
-def test_report_with_no_inputs_says_not_available(tmp_path):
-    html_text, summary = _build(tmp_path, experiments=None)
-    for key in SECTION_IDS:
-        assert f'<section id="{key}">' in html_text
-    assert html_text.count("Not available") >= 10
-    assert "data:image/png" not in html_text
-    assert "Missing inputs" in summary
+def test_headline_cards_for_every_test_and_cross_set_and_no_repeats(outputs):
+    page, summary = _build(outputs)
+    glance = _section(page, "glance")
+    assert "test/synthetic" in glance and "cross/livec" in glance  # the cross-dataset set has its card
+    detail = json.loads((outputs / "data/evaluate/metrics.json").read_text())
+    livec = detail["cross"]["livec"]
+    assert f"{livec['srcc']:.3f}" in glance and f"{livec['srcc_lo']:.3f} – {livec['srcc_hi']:.3f}" in glance
+    # a perfectly monotonic scorer: +1 overall and per distortion
+    assert 'monotonicity in severity</div><div class="value">1.000' in glance
+    assert "overall" not in page  # one dataset per split: no repeated 'overall' row
+    assert page.count('alt="level confusion matrices"') == 1  # the confusion is shown once
+    metrics_rows = re.findall(r'<tr><td class="l">([^<]+)</td>', _section(page, "metrics"))
+    assert metrics_rows == ["test/synthetic", "cross/livec"]
+    assert "| cross/livec | 12 |" in summary and "| test/synthetic | 27 |" in summary
 
 
-def test_report_with_missing_images_and_no_experiments(fixture_repo):
-    for png in (fixture_repo / "images").glob("*.png"):
-        png.unlink()
-    html_text, _ = _build(fixture_repo, experiments=[{"rev": "workspace", "data": {}, "experiments": None}])
-    assert "image not found" in html_text
-    assert "No DVC experiments yet" in html_text
+def test_breakdown_table_per_distortion_and_severity(outputs):
+    page, _ = _build(outputs)
+    section = _section(page, "breakdown")
+    rows = re.findall(r'<tr[^>]*><td class="l">([^<]+)</td><td>(\d+)</td>', section)
+    # 3 scenes: 6 images per distortion, 3 pristine; severities 0 (3), 1 and 2 (12 each)
+    assert rows[:5] == [("blur", "6"), ("contrast", "6"), ("jpeg", "6"), ("noise", "6"), ("pristine", "3")]
+    assert rows[5:] == [("0 (pristine)", "3"), ("1", "12"), ("2", "12")]
+    assert "over 12 series" in section  # 3 scenes × 4 distortions
 
 
-def test_experiment_rows_from_dvc_json(fixture_repo):
-    evaluate = json.loads((fixture_repo / "metrics/evaluate.json").read_text())
-    headers, rows = report.experiment_rows(_fake_experiments(evaluate))
-    assert headers[:2] == ["experiment", "soft_labels.kind"]
-    assert [r[0] for r in rows] == ["workspace", "main", "onehot-run"]
-    assert rows[2][1] == "onehot" and rows[2][2] == "0.612"
+def test_discretisation_soft_and_onehot_side_by_side_and_validation_table(outputs):
+    page, _ = _build(outputs)
+    disc = _section(page, "discretisation")
+    assert "<th>soft</th><th>one-hot</th><th>soft</th><th>one-hot</th>" in disc
+    assert "<td>0.0072</td><td>0.3030</td><td>0.0500</td><td>0.4000</td>" in disc
+    data = _section(page, "data")
+    assert "40 rows in, 39 kept, 1 quarantined" in data
+    assert "broken.png: truncated file" in data  # the failed expectation with its example row
+    assert '<td class="l">train</td>' in data  # the manifest's training split is summarised
+    training = _section(page, "training")
+    assert "best_epoch" in training and "20" in training
 
 
-def test_dvc_experiments_outside_a_repo_is_missing_not_an_error(tmp_path):
-    loaded = report.dvc_experiments(tmp_path, timeout=60)
-    assert not loaded.ok and loaded.missing
+def test_worst_examples_spread_over_distortions():
+    # the four largest errors are all blur; one per distortion comes first, then the next errors
+    rows = pd.DataFrame(
+        {
+            "image": [f"i{k}" for k in range(7)],
+            "dataset": "d",
+            "distortion": ["blur", "blur", "blur", "blur", "noise", "jpeg", "jpeg"],
+            "m": [3.0] * 7,
+            "pred_mean": [0.0, 0.1, 0.2, 0.3, 2.0, 2.5, 2.9],
+        }
+    )
+    worst = context.pick_examples(rows, 3, worst=True)
+    assert list(worst["image"]) == ["i0", "i4", "i5"]
+    best = context.pick_examples(rows, 2, worst=False)
+    assert list(best["image"]) == ["i6", "i4"]
+    assert list(context.pick_examples(rows.drop(columns="distortion"), 2, worst=True)["image"]) == ["i0", "i1"]
 
 
-def test_stage_writes_reports(fixture_repo, monkeypatch):
+def test_missing_inputs_say_not_available(tmp_path):
+    page, summary = _build(tmp_path)
+    assert re.findall(r'<section id="([^"]+)">', page) == SECTION_IDS
+    assert page.count("Not available") >= 9
+    assert "data:image/png" not in page
+    assert "Missing inputs" in summary and "metrics.json not found" in summary
+
+
+def test_malformed_inputs_fail_naming_file_and_key(outputs):
+    path = outputs / "data/evaluate/metrics.json"
+    detail = json.loads(path.read_text())
+    detail["test"]["synthetic"]["srcc"] = "high"
+    path.write_text(json.dumps(detail))
+    with pytest.raises(inputs.ReportInputError, match=r"metrics\.json: test\.synthetic\.srcc: expected float"):
+        report.collect(report.ReportSources(base_dir=outputs))
+    (outputs / "metrics/validate.json").write_text(json.dumps({"rows_in": 3}))
+    with pytest.raises(inputs.ReportInputError, match=r"validate\.json: missing key 'kept'"):
+        inputs.read_validate_metrics(outputs / "metrics/validate.json")
+
+
+def test_old_overall_of_a_single_dataset_is_dropped(tmp_path):
+    group = {"n": 5, "srcc": 0.5}
+    (tmp_path / "m.json").write_text(
+        json.dumps({"test": {"overall": group, "synthetic": group}, "val": {"overall": group, "a": group, "b": group}})
+    )
+    sets = inputs.read_evaluate(tmp_path / "m.json").value
+    assert [s.key for s in sets] == ["test/synthetic", "val/overall", "val/a", "val/b"]
+
+
+def test_html_is_escaped(outputs):
+    df = pd.read_csv(outputs / "data/evaluate/predictions.csv")
+    df.loc[df["dataset"] == "livec", "dataset"] = "<b>evil</b>"
+    df.to_csv(outputs / "data/evaluate/predictions.csv", index=False)
+    detail = metrics.evaluate_predictions(df, bootstrap=0)
+    (outputs / "data/evaluate/metrics.json").write_text(json.dumps(detail))
+    page, _ = _build(outputs)
+    assert "<b>evil</b>" not in page and "cross/&lt;b&gt;evil&lt;/b&gt;" in page
+
+
+def test_provenance_digest_and_git(tmp_path):
+    a = provenance.params_digest({"train": {"lr": 0.001, "epochs": 3}, "base": {"seed": 0}})
+    assert a == provenance.params_digest({"base": {"seed": 0}, "train": {"epochs": 3, "lr": 0.001}})
+    assert a != provenance.params_digest({"base": {"seed": 1}, "train": {"epochs": 3, "lr": 0.001}})
+    revision, dirty, note = provenance.git_state(tmp_path)
+    assert revision is None and dirty is None and "not a git checkout" in note
+
+
+def test_experiment_table_from_exp_show_records():
+    def record(name, rev, kind, lr, srcc, rmse):
+        return {
+            "Experiment": name,
+            "rev": rev,
+            "typ": kind,
+            "train.lr": lr,
+            "base.seed": 0,
+            "metrics/evaluate.json:test.synthetic.srcc": srcc,
+            "test.synthetic.rmse": rmse,
+            "cross.livec.srcc": 0.3,
+            "steps": 10,
+            "src/deqa/metrics.py": "abc123",
+        }
+
+    records = [
+        record(None, "workspace", "baseline", 0.001, 0.80, 0.5),
+        record(None, "abcdef0123456789", "baseline", 0.001, 0.80, 0.5),
+        record("hot-lr", "1234567890abcdef", "branch_commit", 0.01, 0.70, 0.4),
+    ]
+    table = experiments.experiment_table(records, sections=("base", "train"))
+    assert table.names == ["workspace", "abcdef0123456789", "hot-lr"]
+    assert table.params == ["train.lr"]  # base.seed does not vary; deps and other metrics are not params
+    assert table.metrics == [("test", "synthetic", "srcc"), ("test", "synthetic", "rmse"), ("cross", "livec", "srcc")]
+    # best per column: ties all marked, a column where every run agrees is not marked
+    assert table.best == {("test", "synthetic", "srcc"): [0, 1], ("test", "synthetic", "rmse"): [2]}
+    assert table.metric_groups() == [("test/synthetic", 2), ("cross/livec", 1)]
+    md = experiments.markdown(table).splitlines()
+    assert md[0] == "| experiment | rev | train.lr | test/synthetic srcc | test/synthetic rmse | cross/livec srcc |"
+    assert md[4] == "| hot-lr | 1234567 | 0.0100 | 0.7000 | **0.4000** | 0.3000 |"
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_experiments_page_from_a_real_dvc_repo(tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    (repo / "metrics").mkdir(parents=True)
+    (repo / "params.yaml").write_text("train:\n  lr: 0.001\nbase:\n  seed: 0\n")
+    (repo / "metrics/evaluate.json").write_text(json.dumps({"test": {"synthetic": {"srcc": 0.8, "rmse": 0.5}}}))
+    (repo / "dvc.yaml").write_text(
+        "stages:\n  evaluate:\n    cmd: 'true'\n    params: [train.lr]\n"
+        "    metrics:\n      - metrics/evaluate.json:\n          cache: false\n"
+    )
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "base"]):
+        exe = str(Path(sys.executable).parent / "dvc") if cmd[0] == "dvc" else cmd[0]  # the venv's dvc
+        subprocess.run([exe, *cmd[1:]], cwd=repo, check=True, capture_output=True)
+    path, table = experiments.write_experiments_page(tmp_path / "experiments.html", repo)
+    assert table.names[0] == "workspace" and ("test", "synthetic", "srcc") in table.metrics
+    page = path.read_text()
+    assert "0.8000" in page and "<script" not in page
+
+
+def test_stage_script_writes_the_report(outputs, monkeypatch):
+    """The stage takes every input path as an option named after its ReportSources field."""
     path = Path(__file__).resolve().parents[1] / "stages" / "report.py"
     spec = importlib.util.spec_from_file_location("stage_report", path)
     stage = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(stage)
-    monkeypatch.chdir(fixture_repo)
-    assert stage.main([]) == 0
-    html_text = (fixture_repo / "reports/report.html").read_text()
-    assert "data:image/png;base64" in html_text
-    assert "experiment comparison disabled" in html_text
-    assert (fixture_repo / "reports/summary.md").exists()
+    monkeypatch.chdir(outputs)
+    sources = report.ReportSources()
+    argv = ["--out", "reports"]
+    for f in dataclasses.fields(sources):
+        if f.name not in ("base_dir", "params"):
+            argv += [f"--{f.name.replace('_', '-')}", getattr(sources, f.name)]
+    assert stage.main(argv) == 0
+    assert "data:image/png;base64" in (outputs / "reports/report.html").read_text()
+    assert (outputs / "reports/summary.md").read_text().startswith("# deqa report summary")
+
+
+@pytest.mark.skipif(browser.find_chromium() is None, reason="no Chromium (apt-get install chromium)")
+def test_report_renders_in_headless_chromium(outputs, tmp_path):
+    paths = report.build_report(outputs / "out", report.ReportSources(base_dir=outputs))
+    check = browser.render_check(paths["html"], tmp_path / "report.png", tuple(SECTION_IDS), width=1100)
+    assert check.ok, check.problems
+    # 5 figures, 4 best and 4 worst images with their level bars: every one decoded by the browser
+    assert len(check.images) == 5 + 16 == paths["html"].read_text().count("<img ")
+    assert not check.broken_images
+    assert check.sections == SECTION_IDS
+    assert check.height > 2000 and check.ink_share > 0.03
+    with Image.open(check.screenshot) as im:
+        assert im.size[0] == 1100

@@ -1,0 +1,189 @@
+"""DVC experiments side by side: the params that differ and the headline metrics of each run.
+
+This runs **outside** the pipeline, after ``dvc exp run``: ``deqa report --experiments`` (or
+:func:`write_experiments_page`). Inside a stage it cannot work well: ``dvc repro`` holds the
+repository lock while the stage runs, and experiments are git refs, which no stage can declare as a
+dependency, so a report that read them would be stale or non-reproducible.
+
+The data come from :func:`dvc.api.exp_show`: one flat record per baseline commit and experiment,
+with params and metrics keys flattened (``train.lr``, ``test.synthetic.srcc``; prefixed with
+``file:`` only where two files share a key). A key is a param when its first part is a section of
+:class:`deqa.config.Params`; a metric column when it is ``<split>.<set>.<key>`` of the headline
+file (:data:`deqa.metrics.HEADLINE_KEYS` and ``monotonicity``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from dataclasses import dataclass, field, fields
+from itertools import groupby
+from pathlib import Path
+from typing import Any
+
+from deqa.metrics import HEADLINE_KEYS
+
+METRIC_KEYS = (*HEADLINE_KEYS, "monotonicity")
+LOWER_IS_BETTER = {"rmse", "kl"}
+_METRIC = re.compile(r"^(?:metrics/evaluate\.json:)?([^.:]+)\.([^.:]+)\.(" + "|".join(METRIC_KEYS) + r")$")
+_SPLIT_ORDER = {"test": 0, "cross": 1, "val": 8}
+
+
+def param_sections() -> tuple[str, ...]:
+    from deqa.config import Params
+
+    return tuple(f.name for f in fields(Params))
+
+
+@dataclass
+class ExperimentTable:
+    """Rows of runs; ``params``: the param keys that differ between them; ``metrics``:
+    ``(split, set, key)`` columns; ``best``: per metric column whose runs differ, the rows holding
+    the best value."""
+
+    names: list[str] = field(default_factory=list)
+    revs: list[str] = field(default_factory=list)
+    kinds: list[str] = field(default_factory=list)
+    params: list[str] = field(default_factory=list)
+    metrics: list[tuple[str, str, str]] = field(default_factory=list)
+    values: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[tuple[str, str, str], list[int]] = field(default_factory=dict)
+
+    def metric_groups(self) -> list[tuple[str, int]]:
+        """``(split/set, number of columns)`` in column order, for a grouped table header."""
+        return [(f"{s}/{n}", len(list(cols))) for (s, n), cols in groupby(self.metrics, key=lambda c: c[:2])]
+
+
+def _param_key(key: str, sections: tuple[str, ...]) -> str | None:
+    bare = key.split(":", 1)[1] if key.startswith("params.yaml:") else key
+    return bare if bare.split(".", 1)[0] in sections and ":" not in bare else None
+
+
+def _best(values: list[Any], lower: bool) -> list[int]:
+    """Indices of the best value (all of them when tied); none when every run has the same value."""
+    numbers = {i: v for i, v in enumerate(values) if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if len(set(numbers.values())) < 2:
+        return []
+    best = min(numbers.values()) if lower else max(numbers.values())
+    return [i for i, v in numbers.items() if v == best]
+
+
+def experiment_table(records: list[dict[str, Any]], sections: tuple[str, ...] | None = None) -> ExperimentTable:
+    """Build the comparison from :func:`dvc.api.exp_show` records (one per run)."""
+    sections = sections or param_sections()
+    table = ExperimentTable()
+    params: dict[str, list[Any]] = {}
+    metrics: dict[tuple[str, str, str], list[Any]] = {}
+    for i, rec in enumerate(records):
+        table.names.append(str(rec.get("Experiment") or rec.get("rev") or "?"))
+        table.revs.append(str(rec.get("rev") or "")[:12])
+        table.kinds.append(str(rec.get("typ") or ""))
+        row: dict[str, Any] = {}
+        for key, value in rec.items():
+            if (name := _param_key(key, sections)) is not None:
+                params.setdefault(name, [None] * len(records))[i] = value
+                row[name] = value
+            elif match := _METRIC.match(key):
+                metrics.setdefault(match.groups(), [None] * len(records))[i] = value
+                row[match.groups()] = value
+        table.values.append(row)
+    canon = {k: {json.dumps(v, sort_keys=True, default=str) for v in vs} for k, vs in params.items()}
+    table.params = [k for k in params if len(canon[k]) > 1]
+    table.metrics = sorted(
+        metrics, key=lambda c: (_SPLIT_ORDER.get(c[0], 5), c[0], c[1] != "overall", c[1], METRIC_KEYS.index(c[2]))
+    )
+    for column in table.metrics:
+        if winners := _best(metrics[column], column[2] in LOWER_IS_BETTER):
+            table.best[column] = winners
+    return table
+
+
+def load_experiments(repo: str | Path = ".", revs: str | list[str] | None = None, num: int = 1) -> list[dict[str, Any]]:
+    """:func:`dvc.api.exp_show` records of the baseline commit(s) and their experiments."""
+    import dvc.api
+
+    return dvc.api.exp_show(repo=str(repo), revs=revs, num=num)
+
+
+def cell(value: Any, digits: int = 4) -> str:
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return value if isinstance(value, str) else json.dumps(value, default=str)
+
+
+def markdown(table: ExperimentTable) -> str:
+    """The comparison as a Markdown table (best metric values in bold)."""
+    heads = ["experiment", "rev", *table.params, *(f"{s}/{n} {k}" for s, n, k in table.metrics)]
+    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+    for i, name in enumerate(table.names):
+        row = table.values[i]
+        cells = [name, table.revs[i][:7], *(cell(row.get(p)) for p in table.params)]
+        for column in table.metrics:
+            text = cell(row.get(column))
+            cells.append(f"**{text}**" if i in table.best.get(column, []) else text)
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def write_experiments_page(
+    out: str | Path = "experiments.html", repo: str | Path = ".", revs: Any = None, num: int = 1
+) -> tuple[Path, ExperimentTable]:
+    """Render ``experiments.html`` (self-contained) from the repository's DVC experiments."""
+    from deqa.report import TEMPLATES, environment
+    from deqa.report.provenance import report_date
+
+    table = experiment_table(load_experiments(repo, revs, num))
+    html = (
+        environment()
+        .get_template("experiments.html")
+        .render(table=table, cell=cell, date=report_date(), css=(TEMPLATES / "report.css").read_text(encoding="utf-8"))
+    )
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(html, encoding="utf-8")
+    return out, table
+
+
+# ---- the `deqa report` command --------------------------------------------------------------------
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Write the pipeline report (reports/report.html, summary.md) from the outputs in the current "
+        "directory, or with --experiments the page comparing DVC experiments (run it outside dvc repro)."
+    )
+    p.add_argument(
+        "--out", default=None, help="report folder (default reports) or experiments page (default experiments.html)"
+    )
+    p.add_argument("--params", default="params.yaml", help="params file shown in the report (default params.yaml)")
+    p.add_argument("--examples", type=int, default=4, help="best and worst images shown (default 4)")
+    p.add_argument(
+        "--experiments", action="store_true", help="write the DVC experiments page instead (dvc.api.exp_show)"
+    )
+    p.add_argument(
+        "--rev", action="append", default=None, help="baseline git revision(s) of the experiments (default HEAD)"
+    )
+    p.add_argument("--num", type=int, default=1, help="experiments of the last NUM baseline commits (default 1)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from deqa.report import ReportInputError, ReportSources, build_report
+
+    if args.experiments:
+        try:
+            path, table = write_experiments_page(args.out or "experiments.html", ".", args.rev, args.num)
+        except Exception as exc:  # dvc raises its own error types (no repo, no git, bad rev)
+            print(f"error: dvc experiments could not be read: {exc}")
+            return 2
+        print(markdown(table))
+        print(f"experiments: {path} ({len(table.names)} runs)")
+        return 0
+    config = argparse.Namespace(examples=args.examples)
+    try:
+        paths = build_report(args.out or "reports", ReportSources(params=args.params), config)
+    except ReportInputError as exc:
+        print(f"error: {exc}")
+        return 2
+    print(f"report: {paths['html']}, {paths['summary']}")
+    return 0
