@@ -324,8 +324,12 @@ def test_experiment_table_from_exp_show_records():
         record(None, "abcdef0123456789", "baseline", 0.001, 0.80, 0.5),
         record("hot-lr", "1234567890abcdef", "branch_commit", 0.01, 0.70, 0.4),
     ]
+    for rec in records:  # exp_show spells a value a run lacks as the string "None"
+        rec["test.overall.srcc"] = "None"
+    records[2]["cross.livec.srcc"] = "None"
     table = experiments.experiment_table(records, sections=("base", "train"))
     assert table.names == ["workspace", "abcdef0123456789", "hot-lr"]
+    assert table.revs == ["workspace", "abcdef0", "1234567"]
     assert table.params == ["train.lr"]  # base.seed does not vary; deps and other metrics are not params
     assert table.metrics == [("test", "synthetic", "srcc"), ("test", "synthetic", "rmse"), ("cross", "livec", "srcc")]
     # best per column: ties all marked, a column where every run agrees is not marked
@@ -333,7 +337,7 @@ def test_experiment_table_from_exp_show_records():
     assert table.metric_groups() == [("test/synthetic", 2), ("cross/livec", 1)]
     md = experiments.markdown(table).splitlines()
     assert md[0] == "| experiment | rev | train.lr | test/synthetic srcc | test/synthetic rmse | cross/livec srcc |"
-    assert md[4] == "| hot-lr | 1234567 | 0.0100 | 0.7000 | **0.4000** | 0.3000 |"
+    assert md[4] == "| hot-lr | 1234567 | 0.01 | 0.7000 | **0.4000** | - |"
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")

@@ -28,6 +28,8 @@ METRIC_KEYS = (*HEADLINE_KEYS, "monotonicity")
 LOWER_IS_BETTER = {"rmse", "kl"}
 _METRIC = re.compile(r"^(?:metrics/evaluate\.json:)?([^.:]+)\.([^.:]+)\.(" + "|".join(METRIC_KEYS) + r")$")
 _SPLIT_ORDER = {"test": 0, "cross": 1, "val": 8}
+MISSING_VALUES = ("None", "", "-")
+"""How :func:`dvc.api.exp_show` spells a value a run does not have (it gives the string ``"None"``)."""
 
 
 def param_sections() -> tuple[str, ...]:
@@ -77,10 +79,12 @@ def experiment_table(records: list[dict[str, Any]], sections: tuple[str, ...] | 
     metrics: dict[tuple[str, str, str], list[Any]] = {}
     for i, rec in enumerate(records):
         table.names.append(str(rec.get("Experiment") or rec.get("rev") or "?"))
-        table.revs.append(str(rec.get("rev") or "")[:12])
+        rev = str(rec.get("rev") or "")
+        table.revs.append(rev[:7] if re.fullmatch(r"[0-9a-f]{8,40}", rev) else rev)
         table.kinds.append(str(rec.get("typ") or ""))
         row: dict[str, Any] = {}
         for key, value in rec.items():
+            value = None if value in MISSING_VALUES else value
             if (name := _param_key(key, sections)) is not None:
                 params.setdefault(name, [None] * len(records))[i] = value
                 row[name] = value
@@ -91,7 +95,8 @@ def experiment_table(records: list[dict[str, Any]], sections: tuple[str, ...] | 
     canon = {k: {json.dumps(v, sort_keys=True, default=str) for v in vs} for k, vs in params.items()}
     table.params = [k for k in params if len(canon[k]) > 1]
     table.metrics = sorted(
-        metrics, key=lambda c: (_SPLIT_ORDER.get(c[0], 5), c[0], c[1] != "overall", c[1], METRIC_KEYS.index(c[2]))
+        (c for c, vs in metrics.items() if any(v is not None for v in vs)),
+        key=lambda c: (_SPLIT_ORDER.get(c[0], 5), c[0], c[1] != "overall", c[1], METRIC_KEYS.index(c[2])),
     )
     for column in table.metrics:
         if winners := _best(metrics[column], column[2] in LOWER_IS_BETTER):
@@ -106,10 +111,11 @@ def load_experiments(repo: str | Path = ".", revs: str | list[str] | None = None
     return dvc.api.exp_show(repo=str(repo), revs=revs, num=num)
 
 
-def cell(value: Any, digits: int = 4) -> str:
-    if value is None or value == "":
+def cell(value: Any, digits: int | None = 4) -> str:
+    """A table cell: ``-`` when missing, floats to ``digits`` decimals (``None``: as written)."""
+    if value is None:
         return "-"
-    if isinstance(value, float):
+    if isinstance(value, float) and digits is not None:
         return f"{value:.{digits}f}"
     return value if isinstance(value, str) else json.dumps(value, default=str)
 
@@ -120,7 +126,7 @@ def markdown(table: ExperimentTable) -> str:
     lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     for i, name in enumerate(table.names):
         row = table.values[i]
-        cells = [name, table.revs[i][:7], *(cell(row.get(p)) for p in table.params)]
+        cells = [name, table.revs[i], *(cell(row.get(p), None) for p in table.params)]
         for column in table.metrics:
             text = cell(row.get(column))
             cells.append(f"**{text}**" if i in table.best.get(column, []) else text)
