@@ -8,12 +8,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 from scipy.stats import spearmanr
 
 from deqa.config import SourceConfig, SyntheticConfig, ValidateConfig
-from deqa.importers import load_sources
-from deqa.schema import MANIFEST_COLUMNS, VOTE_COLUMNS
-from deqa.synthetic import BASE_PHOTOS, DISTORTIONS, SyntheticError, generate, load_photo, photo_splits
+from deqa.importers import import_labels, load_sources
+from deqa.schema import MANIFEST_COLUMNS, PROVENANCE_COLUMNS, VOTE_COLUMNS
+from deqa.synthetic import (
+    BASE_PHOTOS,
+    DISTORTIONS,
+    SyntheticError,
+    generate,
+    generate_from_photos,
+    load_photo,
+    photo_splits,
+    photos_from_labels,
+    photos_from_manifest,
+)
 from deqa.validation import validate_manifest
 
 SMALL = dict(crops_per_photo=2, image_size=48, severities=3, raters=9)
@@ -141,3 +152,111 @@ def test_rating_spread_carries_information():
     kinds = rng.choice(["gaussian_noise", "contrast"], 400)
     votes = rate(quality, 25, np.random.default_rng(1), scale=ambiguity(quality, kinds))
     assert spearmanr(votes.std(axis=1), ambiguity(quality, kinds)).statistic > 0.4
+
+
+# ---------------------------------------------------------------------------------------------
+# distorted versions of rated photos (photos_from_manifest / generate_from_photos)
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def rated_photos(tmp_path_factory):
+    """Six 'rated photos' (crops of package photos saved as JPEG) with a generic CSV on 0..1."""
+    root = tmp_path_factory.mktemp("rated")
+    (root / "images").mkdir()
+    rows = []
+    for i, name in enumerate(["astronaut", "chelsea", "coffee", "rocket", "china", "flower"]):
+        img = load_photo(name)
+        side = min(img.shape[:2])
+        Image.fromarray(img[:side, :side]).save(root / "images" / f"p{i}.jpg", quality=95)
+        rows.append((f"images/p{i}.jpg", [0.9, 0.2, 0.8, 0.75, 0.95, 0.5][i]))
+    pd.DataFrame(rows, columns=["image", "mos"]).to_csv(root / "labels.csv", index=False)
+    return root
+
+
+def _manifest(root, splits=("train", "train", "val", "test", "train", "train")):
+    rows = pd.read_csv(root / "labels.csv")
+    return rows.assign(root=str(root), split=list(splits), lo=0.0, hi=1.0)
+
+
+def test_photo_sources_keep_split_and_pass_the_quality_bar(rated_photos):
+    photos = photos_from_manifest(_manifest(rated_photos), min_quality=4.0)
+    # normalised m = 4 mos + 1: p0 4.6, p2 4.2, p3 4.0, p4 4.8 pass; p1 (1.8) and p5 (3.0) do not
+    assert [p.content for p in photos] == ["p0", "p2", "p3", "p4"]
+    assert [p.split for p in photos] == ["train", "val", "test", "train"]
+    np.testing.assert_allclose([p.quality for p in photos], [4.6, 4.2, 4.0, 4.8])
+    assert photos[0].path == rated_photos / "images" / "p0.jpg"
+    some = photos_from_manifest(_manifest(rated_photos), min_quality=4.0, max_photos=2, seed=3)
+    assert len(some) == 2 and set(p.content for p in some) <= {"p0", "p2", "p3", "p4"}
+    assert some == photos_from_manifest(_manifest(rated_photos), min_quality=4.0, max_photos=2, seed=3)
+    with pytest.raises(SyntheticError, match="no photo"):
+        photos_from_manifest(_manifest(rated_photos), min_quality=4.9)
+
+
+def test_photo_sources_from_a_label_file_use_the_importer_split(rated_photos):
+    photos = photos_from_labels(rated_photos / "labels.csv", lo=0.0, hi=1.0, min_quality=1.0, seed=0,
+                                val_fraction=0.2, test_fraction=0.2)
+    rows = import_labels(rated_photos / "labels.csv", "generic-csv", lo=0.0, hi=1.0, seed=0,
+                         val_fraction=0.2, test_fraction=0.2)
+    assert {p.content: p.split for p in photos} == {Path(i).stem: s for i, s in zip(rows["image"], rows["split"], strict=True)}
+
+
+@pytest.fixture(scope="module")
+def distorted(rated_photos, tmp_path_factory):
+    out = tmp_path_factory.mktemp("distorted")
+    photos = photos_from_manifest(_manifest(rated_photos), min_quality=1.0)
+    labels = generate_from_photos(photos, out, image_size=48, severities=3, raters=15, seed=0, progress=False)
+    return out, labels, photos
+
+
+def test_distorted_photos_layout_and_anchor(distorted):
+    out, labels, photos = distorted
+    df = pd.read_csv(labels)
+    assert list(df.columns) == ["image", "mos", "std", "n_votes", "split", *PROVENANCE_COLUMNS]
+    n_dist = len(SyntheticConfig().distortions)
+    assert len(df) == len(photos) * (1 + 3 * n_dist)
+    assert all((out / p).is_file() for p in df["image"])
+    assert Image.open(out / df["image"].iloc[0]).size == (48, 48)
+    # every derived image keeps its photo's split
+    split_of = {p.content: p.split for p in photos}
+    assert (df["split"] == df["content"].map(split_of)).all()
+    quality = pd.read_csv(out / "quality.csv")
+    pristine = quality[quality["distortion"] == "pristine"].set_index("content")["quality"]
+    np.testing.assert_allclose(pristine[[p.content for p in photos]], [p.quality for p in photos])
+    # distortions only lower quality, more with severity; pristine MOS follows the source quality
+    q = quality.set_index(["content", "distortion", "severity"])["quality"]
+    for (content, name), part in quality[quality["severity"] > 0].groupby(["content", "distortion"]):
+        values = part.sort_values("severity")["quality"].to_numpy()
+        assert (values <= pristine[content] + 1e-9).all() and values[-1] < values[0], (content, name)
+    mos = df[df["distortion"] == "pristine"].set_index("content")["mos"]
+    assert spearmanr(mos[pristine.index], pristine).statistic > 0.8
+    assert len(q) == len(df)
+
+
+def test_distorted_photos_deterministic_and_subset_of_distortions(distorted, rated_photos, tmp_path):
+    out, labels, photos = distorted
+    again = generate_from_photos(photos, tmp_path / "a", image_size=48, severities=3, raters=15, seed=0,
+                                 progress=False)
+    assert again.read_bytes() == labels.read_bytes() and _digest(tmp_path / "a") == _digest(out)
+    two = pd.read_csv(generate_from_photos(photos, tmp_path / "b", image_size=48, severities=2,
+                                           distortions_per_photo=2, raters=5, seed=0, progress=False))
+    per = two[two["severity"] > 0].groupby("content")["distortion"].nunique()
+    assert (per == 2).all() and len(two) == len(photos) * (1 + 2 * 2)
+    assert two[two["severity"] > 0]["distortion"].nunique() > 2  # the pick differs between photos
+
+
+def test_distorted_photos_import_and_validate(distorted):
+    _, labels, _ = distorted
+    rows = import_labels(labels, "generic-csv", name="distorted", lo=1.0, hi=5.0)
+    assert set(rows["split"]) == {"train", "val", "test"}
+    assert rows["std"].notna().all() and (rows["n_votes"] == 15).all()
+    result = validate_manifest(rows, ValidateConfig())
+    assert result.success, result.message
+
+
+def test_distorted_photos_bad_arguments(distorted, tmp_path):
+    _, _, photos = distorted
+    with pytest.raises(SyntheticError, match="distortions_per_photo"):
+        generate_from_photos(photos, tmp_path, distortions_per_photo=9, progress=False)
+    with pytest.raises(SyntheticError, match="unknown"):
+        generate_from_photos(photos, tmp_path, distortions=("sepia",), progress=False)
+    with pytest.raises(SyntheticError, match="no source photos"):
+        generate_from_photos([], tmp_path, progress=False)

@@ -32,9 +32,9 @@ from __future__ import annotations
 import io
 import shutil
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -347,3 +347,148 @@ def generate(cfg, out_dir: str | Path, seed: int = 0, progress: bool = True) -> 
     table.to_csv(labels, index=False, float_format="%.10g")
     meta_df.drop(columns="split").to_csv(out_dir / "synthetic_meta.csv", index=False, float_format="%.10g")
     return labels, images_dir
+
+
+# --------------------------------------------------------------------------------------------
+# distorted versions of rated photos (KADID-style: many pristine sources, quality anchored)
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SourcePhoto:
+    """A rated photo used as a pristine source: its content id, file, split and quality (1-5)."""
+
+    content: str
+    path: Path
+    split: str
+    quality: float
+
+
+def photos_from_manifest(rows: pd.DataFrame, min_quality: float = 1.0, max_photos: int = 0,
+                         seed: int = 0) -> list[SourcePhoto]:
+    """Pristine sources from manifest rows (``image``, ``root``, ``split``, ``mos``, ``lo``, ``hi``).
+
+    A photo qualifies when its normalised MOS ``m = 4 (mos - lo)/(hi - lo) + 1`` is at least
+    ``min_quality`` (KADID-10k's references were chosen as high-quality photos). ``max_photos``
+    > 0 keeps a seeded random subset of that many, drawn in proportion from each split. Each
+    source keeps its row's split, so derived images never cross the real data's split.
+    """
+    from deqa.labels import normalise
+
+    missing = [c for c in ("image", "root", "split", "mos", "lo", "hi") if c not in rows.columns]
+    if missing:
+        raise SyntheticError(f"photo sources: manifest rows lack columns {missing}")
+    m, _ = normalise(rows["mos"], np.zeros(len(rows)), rows["lo"], rows["hi"])
+    keep = rows.assign(m=m)[m >= min_quality].sort_values("image", kind="stable")
+    if keep.empty:
+        raise SyntheticError(f"photo sources: no photo has normalised MOS >= {min_quality}")
+    if 0 < max_photos < len(keep):
+        order = np.random.default_rng([seed, 0x9E0]).permutation(len(keep))
+        keep = keep.iloc[np.sort(order[:max_photos])]
+    return [SourcePhoto(content=Path(str(r.image)).stem, path=Path(str(r.root)) / str(r.image),
+                        split=str(r.split), quality=float(r.m)) for r in keep.itertuples()]
+
+
+def photos_from_labels(labels: str | Path, format: str = "generic-csv", root: str | Path = "",
+                       lo: float | None = None, hi: float | None = None, min_quality: float = 1.0,
+                       max_photos: int = 0, seed: int = 0, val_fraction: float = 0.1,
+                       test_fraction: float = 0.1) -> list[SourcePhoto]:
+    """:func:`photos_from_manifest` of a label file read as ``prepare`` reads it (same importer,
+    same seeded split for the same ``seed`` and fractions)."""
+    from deqa.importers import import_labels
+
+    rows = import_labels(labels, format, root=root, lo=lo, hi=hi, seed=seed, val_fraction=val_fraction,
+                         test_fraction=test_fraction)
+    return photos_from_manifest(rows, min_quality=min_quality, max_photos=max_photos, seed=seed)
+
+
+def square_photo(path: str | Path, size: int) -> np.ndarray:
+    """The centre square of a photo file, resized to ``size`` (Lanczos), as uint8 RGB."""
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        w, h = im.size
+        side = min(w, h)
+        left, top = (w - side) // 2, (h - side) // 2
+        im = im.crop((left, top, left + side, top + side))
+        return np.asarray(im.resize((size, size), Image.Resampling.LANCZOS))
+
+
+def generate_from_photos(photos: list[SourcePhoto], out_dir: str | Path, *, image_size: int = 224,
+                         distortions=("gaussian_blur", "gaussian_noise", "jpeg", "contrast", "pixelation",
+                                      "motion_blur"),
+                         severities: int = 5, distortions_per_photo: int = 0, raters: int = 25,
+                         seed: int = 0, progress: bool = True) -> Path:
+    """Distorted versions of rated photos; writes ``images/*.png`` and ``labels.csv``, returns it.
+
+    Each photo (its centre square at ``image_size``) appears pristine and under
+    ``distortions_per_photo`` seeded-random distortions of ``distortions`` (0: all of them) at
+    severities 1..``severities``, with the same functions and parameters as :func:`generate`.
+    **Quality model:** the pristine image keeps its photo's own rated quality ``q0`` (1-5); a
+    distorted one gets :func:`latent_quality` ``1 + (q0 - 1)(1 - impairment)``, the impairment
+    mixing the severity table with ``1 - SSIM`` against the pristine image, exactly as the default
+    dataset does with its contrast-based pristine level. The simulated panel of :func:`rate`
+    (``raters`` votes, noise scaled by :func:`ambiguity`) turns it into a MOS and std on 1-5 (so
+    import this file with ``lo: 1, hi: 5`` to keep the anchor). ``labels.csv`` is in the layout
+    the ``generic-csv`` importer reads: ``image, mos, std, n_votes, split`` plus the provenance
+    columns ``content`` (the photo's file stem), ``distortion`` and ``severity``. Derived images
+    keep their photo's split. Same inputs give byte-identical files.
+    """
+    from skimage.metrics import structural_similarity
+    from tqdm import tqdm
+
+    _check(_Knobs(list(distortions), 1, image_size, severities, raters))
+    if not photos:
+        raise SyntheticError("generate_from_photos: no source photos")
+    if not 0 <= distortions_per_photo <= len(distortions):
+        raise SyntheticError(f"distortions_per_photo must lie in 0..{len(distortions)}, got {distortions_per_photo}")
+    contents = [p.content for p in photos]
+    if len(set(contents)) != len(contents):
+        raise SyntheticError("generate_from_photos: two source photos share a content id (file stem)")
+    out_dir = Path(out_dir)
+    images_dir = out_dir / "images"
+    if images_dir.exists():
+        shutil.rmtree(images_dir)
+    images_dir.mkdir(parents=True)
+    meta = []
+    for photo in tqdm(photos, desc="distorted photos", unit="photo", disable=not progress):
+        pid = zlib.crc32(photo.content.encode())
+        clean = square_photo(photo.path, image_size)
+        grey0 = _grey(clean)
+        Image.fromarray(clean).save(images_dir / f"{photo.content}_pristine.png", compress_level=1)
+        meta.append((f"images/{photo.content}_pristine.png", photo.content, "pristine", 0, photo.split,
+                     photo.quality))
+        chosen = list(distortions)
+        if distortions_per_photo:
+            pick = np.random.default_rng([seed, pid, 0xD15]).permutation(len(chosen))[:distortions_per_photo]
+            chosen = [chosen[i] for i in sorted(pick)]
+        base = clean.astype(np.float32) / 255.0
+        for dname in chosen:
+            dist = DISTORTIONS[dname]
+            rng = np.random.default_rng([seed, pid, zlib.crc32(dname.encode())])
+            for s in range(1, severities + 1):
+                out = to_uint8(dist.fn(base, dist.level(s, severities), rng))
+                ssim = float(structural_similarity(_grey(out), grey0, data_range=1.0))
+                name = f"images/{photo.content}_{dname}_{s}.png"
+                Image.fromarray(out).save(out_dir / name, compress_level=1)
+                meta.append((name, photo.content, dname, s, photo.split,
+                             latent_quality(photo.quality, dist.table(s, severities), ssim)))
+    df = pd.DataFrame(meta, columns=["image", "content", "distortion", "severity", "split", "quality"])
+    votes = rate(df["quality"].to_numpy(), raters, np.random.default_rng([seed, 0x5EED, 0xF0]),
+                 scale=ambiguity(df["quality"].to_numpy(), df["distortion"].to_numpy()))
+    table = koniq_table(votes)
+    labels = pd.DataFrame({"image": df["image"], "mos": table["MOS"], "std": table["SD"],
+                           "n_votes": raters, "split": df["split"], "content": df["content"],
+                           "distortion": df["distortion"], "severity": df["severity"]})
+    path = out_dir / "labels.csv"
+    labels.to_csv(path, index=False, float_format="%.10g")
+    df.to_csv(out_dir / "quality.csv", index=False, float_format="%.10g")
+    return path
+
+
+@dataclass
+class _Knobs:
+    """The subset of ``SyntheticConfig`` fields that :func:`_check` validates."""
+
+    distortions: list
+    crops_per_photo: int
+    image_size: int
+    severities: int
+    raters: int

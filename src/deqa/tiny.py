@@ -12,8 +12,10 @@ torchvision's parameter names, so torchvision's ImageNet weights (shipped in the
 sequence as LLaVA expects:
 
 - ``pooled``: one token, the global average of the last feature map (1280-d);
-- ``multistage``: one token, the spatial mean and std of the 8 stage outputs (3,984-d), which
-  carries low-level statistics (blur, noise, blockiness) that the last stage has pooled away;
+- ``multistage``: one token of per-channel spatial statistics of several block outputs, which
+  carries low-level statistics (blur, noise, blockiness) that the last stage has pooled away. By
+  default the mean and std of the 8 stage outputs (3,984-d); ``stats`` picks the statistics from
+  :data:`STATS` and ``layers`` the blocks (``stages``: the 8 stage ends, ``all``: all 19 blocks);
 - ``spatial``: one token per cell of the last feature map (stride 32; 16 tokens at 128 px).
 
 ``CPU-DEFAULT.md`` (in the project's shared method notes) records why: a random-init tower does
@@ -42,7 +44,13 @@ _INVERTED_RESIDUAL_SETTING = [
 ]
 # indices of `features` that end a stage (their channel counts sum to 1992)
 STAGE_ENDS = (1, 3, 6, 10, 13, 16, 17, 18)
-_STAGE_CHANNELS = (16, 24, 32, 64, 96, 160, 320, 1280)
+_BLOCK_CHANNELS = (32, 16, 24, 24, 32, 32, 32, 64, 64, 64, 64, 96, 96, 96, 160, 160, 160, 320, 1280)
+LAYER_SETS = {"stages": STAGE_ENDS, "all": tuple(range(len(_BLOCK_CHANNELS)))}
+"""Blocks whose outputs the ``multistage`` token summarises."""
+STATS = ("mean", "std", "max", "gstd", "skew")
+"""Per-channel spatial statistics a ``multistage`` token can hold: mean, std (population), max,
+``gstd`` (the std of the channel's means over a 4x4 grid of cells: how it varies across the
+image) and ``skew`` (the third standardised moment)."""
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 
@@ -50,14 +58,28 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 class MobileNetV2VisionConfig(PretrainedConfig):
     model_type = MODEL_TYPE
 
-    def __init__(self, image_size: int = 128, tokens: str = "multistage", standardise: bool = False, **kwargs):
+    def __init__(self, image_size: int = 128, tokens: str = "multistage", standardise: bool = False,
+                 stats: tuple | list = ("mean", "std"), layers: str = "stages", micro_batch: int = 4, **kwargs):
         if tokens not in ("pooled", "multistage", "spatial"):
             raise ValueError(f"tokens must be pooled, multistage or spatial, got {tokens!r}")
+        unknown = [s for s in stats if s not in STATS]
+        if unknown or not stats or len(set(stats)) != len(stats):
+            raise ValueError(f"stats must be distinct names from {', '.join(STATS)}, got {list(stats)}")
+        if layers not in LAYER_SETS:
+            raise ValueError(f"layers must be one of {', '.join(LAYER_SETS)}, got {layers!r}")
+        if micro_batch < 0:
+            raise ValueError(f"micro_batch must be >= 0 (0: the whole batch at once), got {micro_batch}")
         self.image_size = image_size
         self.tokens = tokens
         self.standardise = standardise
+        self.stats = list(stats)
+        self.layers = layers
+        # frozen-tower inference runs in micro-batches: a batch of 32 at 384 px is 4-6x slower per
+        # image than batches of 4 on a CPU (cache misses; bench/realdata_features.py)
+        self.micro_batch = micro_batch
         # LLaVA's projector and processor read these two
-        self.hidden_size = 2 * sum(_STAGE_CHANNELS) if tokens == "multistage" else 1280
+        channels = sum(_BLOCK_CHANNELS[i] for i in LAYER_SETS[layers])
+        self.hidden_size = len(self.stats) * channels if tokens == "multistage" else 1280
         self.patch_size = 32 if tokens == "spatial" else image_size
         super().__init__(**kwargs)
 
@@ -116,21 +138,43 @@ class MobileNetV2VisionModel(PreTrainedModel):
         self.register_buffer("feature_std", torch.ones(config.hidden_size))
         self.post_init()
 
-    def forward(self, pixel_values: torch.Tensor, output_hidden_states=None, return_dict=None, **kwargs):
-        x = pixel_values.to(self.features[0][0].weight.dtype)
-        stats = []
+    @staticmethod
+    def _statistics(x: torch.Tensor, names: list[str]) -> list[torch.Tensor]:
+        flat = x.flatten(2)
+        mean = flat.mean(-1)
+        std = flat.std(-1, unbiased=False)
+        out = {"mean": mean, "std": std}
+        if "max" in names:
+            out["max"] = flat.amax(-1)
+        if "gstd" in names:
+            out["gstd"] = nn.functional.adaptive_avg_pool2d(x, 4).flatten(2).std(-1, unbiased=False)
+        if "skew" in names:
+            out["skew"] = ((flat - mean[..., None]) ** 3).mean(-1) / std.clamp_min(1e-6) ** 3
+        return [out[n] for n in names]
+
+    def _tokens(self, x: torch.Tensor) -> torch.Tensor:
+        multistage = self.config.tokens == "multistage"
+        names = self.config.stats
+        keep = set(LAYER_SETS[self.config.layers])
+        per_stat: list[list[torch.Tensor]] = [[] for _ in names]
         for i, layer in enumerate(self.features):
             x = layer(x)
-            if self.config.tokens == "multistage" and i in STAGE_ENDS:
-                flat = x.flatten(2)
-                stats += [flat.mean(-1), flat.std(-1, unbiased=False)]
-        if self.config.tokens == "multistage":
-            means, stds = stats[0::2], stats[1::2]
-            tokens = torch.cat(means + stds, dim=-1)[:, None, :]
-        elif self.config.tokens == "pooled":
-            tokens = x.mean(dim=(2, 3))[:, None, :]
+            if multistage and i in keep:
+                for bucket, value in zip(per_stat, self._statistics(x, names), strict=True):
+                    bucket.append(value)
+        if multistage:  # stat-major: every block's means, then every block's stds, ...
+            return torch.cat([v for bucket in per_stat for v in bucket], dim=-1)[:, None, :]
+        if self.config.tokens == "pooled":
+            return x.mean(dim=(2, 3))[:, None, :]
+        return x.flatten(2).transpose(1, 2)
+
+    def forward(self, pixel_values: torch.Tensor, output_hidden_states=None, return_dict=None, **kwargs):
+        x = pixel_values.to(self.features[0][0].weight.dtype)
+        step = self.config.micro_batch
+        if step and not self.training and x.shape[0] > step:
+            tokens = torch.cat([self._tokens(chunk) for chunk in x.split(step)])
         else:
-            tokens = x.flatten(2).transpose(1, 2)
+            tokens = self._tokens(x)
         if self.config.standardise:
             tokens = (tokens - self.feature_mean) / self.feature_std
         return BaseModelOutputWithPooling(
@@ -261,8 +305,13 @@ def build_tokenizer(texts: list[str]):
 
 def build_tiny_llava(out_dir: str | Path, *, image_size: int, vision_tokens: str, hidden_size: int,
                      intermediate_size: int, layers: int, heads: int, seed: int,
-                     standardise: bool = False, projector_act: str = "gelu") -> Path:
-    """Build and save the embedded default LLaVA to ``out_dir``; returns the directory."""
+                     standardise: bool = False, projector_act: str = "gelu",
+                     vision_stats: tuple | list = ("mean", "std"), vision_layers: str = "stages") -> Path:
+    """Build and save the embedded default LLaVA to ``out_dir``; returns the directory.
+
+    ``vision_stats``/``vision_layers`` shape the ``multistage`` token (see
+    :class:`MobileNetV2VisionConfig`); the defaults give the 3,984-d mean+std of the 8 stage ends.
+    """
     from transformers import (
         CLIPImageProcessorPil, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration,
         LlavaProcessor, set_seed,
@@ -273,7 +322,8 @@ def build_tiny_llava(out_dir: str | Path, *, image_size: int, vision_tokens: str
     set_seed(seed)
     texts = QUESTIONS + [ANSWER_TEMPLATE.format(level=level) for level in LEVELS]
     tokenizer = build_tokenizer(texts)
-    vision = MobileNetV2VisionConfig(image_size=image_size, tokens=vision_tokens, standardise=standardise)
+    vision = MobileNetV2VisionConfig(image_size=image_size, tokens=vision_tokens, standardise=standardise,
+                                     stats=vision_stats, layers=vision_layers)
     text = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size,
         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
