@@ -7,7 +7,12 @@ import pytest
 import torch
 
 from deqa.tiny import (
-    LAYER_SETS, STAGE_ENDS, STATS, MobileNetV2VisionConfig, MobileNetV2VisionModel, build_tiny_llava,
+    LAYER_SETS,
+    STAGE_ENDS,
+    STATS,
+    MobileNetV2VisionConfig,
+    MobileNetV2VisionModel,
+    build_tiny_llava,
     load_imagenet_weights,
 )
 
