@@ -1,23 +1,30 @@
-"""Benchmark: training throughput of the embedded default, side by side in one run.
+"""Benchmark: default training, the previous ``deqa.training`` against the current one, in one run.
 
-Measures on the default model (params.yaml's ``model.tiny``) and real label rows
-(``data/soft_labels/train.csv``, so run ``dvc repro soft_labels`` first):
+Both versions run the real ``train()`` with the params file's settings (default: ``params.yaml``:
+3 epochs of 16 pairs on the multistage MobileNetV2 tiny model, feature cache on) on the default
+data (``data/soft_labels/`` and ``models/base/``, built by ``dvc repro soft_labels base_model``;
+read, never written), each in a child process of its own (one torch thread), one after the other
+and alternating over ``--repeat`` rounds. The previous version is the ``src/deqa/training.py``
+that preceded ``deqa.data`` in git history (``--old-rev`` overrides), written to a temporary
+module at run time; it runs on the current versions of the modules it imports.
 
-1. images/s of optimizer steps **without** the vision-feature cache (the tower runs every step);
-2. images/s **with** the cache filled (what every epoch after the first costs);
-3. the pair layout: both images of every pair in **one** forward pass of 2B sequences (deqa)
-   against **two** forward passes of B (the authors' code), same batches, same loss;
-4. ``--rss``: peak RSS of one epoch of the real ``train`` loop with the default params, measured
-   in a child process (``resource.getrusage``).
+Per run: optimizer steps/s over the whole ``train()`` call (validation, hashing and saving
+included), steps/s of the first epoch (the tower runs) and of the later epochs (features cached),
+and peak RSS (``resource.getrusage``). Separately, in this process: collation alone, the
+processor on every batch (the previous path) against batches assembled from per-image entries
+(:class:`deqa.data.EncodingCache`, filled beforehand), same batches.
 
-    .venv/bin/python bench/bench_train.py [--steps 20] [--rss]
+    .venv/bin/python bench/bench_train.py [--repeat 1] [--epochs 3] [--params params.yaml]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -25,141 +32,141 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
-
-torch.set_num_threads(1)
-
-from deqa.config import load_params  # noqa: E402
-from deqa.losses import deqa_loss  # noqa: E402
-from deqa.modeling import Conversation, get_module, load_model, load_processor, set_module  # noqa: E402
-from deqa.training import CachedTower, Collator, Examples, PairDataset, prepare_model  # noqa: E402
-
-LABELS = Path("data/soft_labels/train.csv")
+REPO = Path(__file__).resolve().parents[1]
+LABELS, BASE = Path("data/soft_labels"), Path("models/base")
 
 
-def build(tmp: Path, params):
-    from deqa.tiny import build_tiny_llava
-
-    t = params.model.tiny
-    return build_tiny_llava(tmp / "base", image_size=t.image_size, vision_tokens=t.vision_tokens,
-                            hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
-                            layers=t.layers, heads=t.heads, seed=params.base.seed)
-
-
-def step(model, opt, batch, conv, loss_cfg, split: bool) -> None:
-    if not split:
-        out = model(**batch["inputs"])
-        logits = out.logits
-    else:  # two forward passes of B, as in the authors' code
-        n = batch["inputs"]["input_ids"].shape[0] // 2
-        halves = [{k: v[:n] if i == 0 else v[n:] for k, v in batch["inputs"].items()} for i in range(2)]
-        la, lb = (model(**h).logits for h in halves)
-        width = max(la.shape[1], lb.shape[1])
-        assert la.shape[1] == width == lb.shape[1], "pair halves must have equal lengths here"
-        logits = torch.cat([la, lb])
-    loss = deqa_loss(logits, batch["labels"], batch["level_pos"], conv.level_ids, batch["target"], batch["m"],
-                     batch["s"], loss_cfg.kl_weight, loss_cfg.token_weight, loss_cfg.fidelity_weight)["loss"]
-    loss.backward()
-    opt.step()
-    opt.zero_grad()
+def old_source(rev: str | None) -> tuple[str, str]:
+    """(revision, text) of the previous ``src/deqa/training.py``."""
+    if rev is None:
+        added = subprocess.run(["git", "-C", str(REPO), "log", "--diff-filter=A", "--format=%H", "--",
+                                "src/deqa/data.py"], capture_output=True, text=True, check=True).stdout.split()
+        if not added:
+            raise SystemExit("cannot find the commit that added src/deqa/data.py; pass --old-rev")
+        rev = added[-1] + "^"
+    text = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:src/deqa/training.py"], capture_output=True,
+                          text=True, check=True).stdout
+    return rev, text
 
 
-def throughput(params, base: Path, steps: int) -> dict:
-    conv = Conversation(load_processor(base))
-    ex = Examples.from_csv(LABELS)
-    pairs = PairDataset(ex.dataset, params.base.seed)
-    bp = params.train.batch_pairs
-    collate = Collator(conv, ex, params.base.seed)
-    batches = [collate.pairs([pairs[i] for i in range(s * bp, (s + 1) * bp)]) for s in range(steps)]
-    model, names = prepare_model(load_model(base), params)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=params.train.lr)
-    model.train()
-    get_module(model, names.vision).eval()
-    images = steps * 2 * bp
-    res = {}
+def child(version: str, params_file: str, epochs: int, old_file: str | None) -> dict:
+    """One training run in this (child) process; returns timings."""
+    import torch
 
-    def timed(label, fn):
-        fn(batches[0])  # warm-up
+    torch.set_num_threads(1)
+    from deqa.config import load_params
+
+    if version == "old":
+        spec = importlib.util.spec_from_file_location("deqa_training_previous", old_file)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up
+        spec.loader.exec_module(module)
+    else:
+        import deqa.training as module
+    params = load_params(params_file)
+    params.train.epochs = epochs
+    stamps = []
+    loss = module.deqa_loss
+
+    def timed_loss(*args, **kwargs):  # one call per optimizer step (grad_accum 1)
+        stamps.append(time.perf_counter())
+        return loss(*args, **kwargs)
+
+    module.deqa_loss = timed_loss
+    with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        for b in batches:
-            fn(b)
-        res[label] = max(res.get(label, 0.0), images / (time.perf_counter() - t0))
+        summary = module.train(params, str(LABELS), str(BASE), f"{tmp}/model", f"{tmp}/ckpt", f"{tmp}/live",
+                               progress=False)
+        seconds = time.perf_counter() - t0
+    per_epoch = summary["total_steps"] // epochs
+    first = per_epoch / (stamps[per_epoch] - stamps[0]) if len(stamps) > per_epoch else float("nan")
+    later = (len(stamps) - 1 - per_epoch) / (stamps[-1] - stamps[per_epoch]) if epochs > 1 else float("nan")
+    history = summary.get("history", [])
+    return {"version": version, "steps": summary["steps"], "seconds": seconds, "steps_per_s": summary["steps"] / seconds,
+            "epoch1_steps_per_s": first, "later_steps_per_s": later,
+            "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "val_srcc": [h["val_srcc"] for h in history]}
 
-    for _ in range(2):  # alternate, best of two each: neither layout profits from running second
-        timed("uncached, one forward of 2B", lambda b: step(model, opt, b, conv, params.loss, split=False))
-        timed("uncached, two forwards of B", lambda b: step(model, opt, b, conv, params.loss, split=True))
-    cached = CachedTower(get_module(model, names.vision))
-    set_module(model, names.vision, cached)
 
-    def with_cache(b, split=False):
-        n = len(b["keys"]) // 2
-        if split:  # each half's forward sees its own keys
-            halves = [b["keys"][:n], b["keys"][n:]]
-            original = model.forward
+def collation(params_file: str, batches: int) -> dict:
+    """images/s of collation alone: processor on every batch vs batches assembled from entries."""
+    import torch
 
-            def forward(**inputs):
-                cached.keys = halves.pop(0)
-                return original(**inputs)
+    torch.set_num_threads(1)
+    from deqa.config import load_params
+    from deqa.data import Collator, Examples, PairDataset
+    from deqa.modeling import Conversation, load_processor
 
-            model.forward = forward
-            try:
-                step(model, opt, b, conv, params.loss, split=True)
-            finally:
-                del model.forward
-            return
-        cached.keys = b["keys"]
-        step(model, opt, b, conv, params.loss, split=False)
-
-    for b in batches:  # fill the cache, as the first epoch does
-        cached.keys = b["keys"]
-        with torch.no_grad():
-            model(**b["inputs"])
-    for _ in range(2):
-        timed("cached, one forward of 2B", with_cache)
-        timed("cached, two forwards of B", lambda b: with_cache(b, split=True))
-    # collate cost, included above in neither: per batch
-    t0 = time.perf_counter()
-    for s in range(steps):
-        collate.pairs([pairs[i] for i in range(s * bp, (s + 1) * bp)])
-    res["collate only (load + process images)"] = images / (time.perf_counter() - t0)
+    params = load_params(params_file)
+    conv = Conversation(load_processor(BASE))
+    ex = Examples.from_csv(LABELS / "train.csv")
+    pairs, bp = PairDataset(ex.dataset, params.base.seed), params.train.batch_pairs
+    chunks = [[pairs[i] for i in range(s * bp, (s + 1) * bp)] for s in range(batches)]
+    fast, slow = Collator(conv, ex, params.base.seed), Collator(conv, ex, params.base.seed, fast=False)
+    for c in chunks:  # fill the per-image entries of these images, as the first epoch does
+        fast.pairs(c)
+    res = {}
+    for name, collate in (("processor every batch", slow), ("assembled from entries", fast), ("processor every batch", slow)):
+        t0 = time.perf_counter()
+        for c in chunks:
+            collate.pairs(c)
+        res[name] = max(res.get(name, 0.0), batches * 2 * bp / (time.perf_counter() - t0))
+    res["entries hit"] = fast.encoder.state == "on"
     return res
 
 
-def peak_rss_one_epoch() -> float:
-    code = (
-        "import resource, sys, tempfile, torch; torch.set_num_threads(1)\n"
-        "from deqa.config import load_params\n"
-        "from deqa.training import train\n"
-        "p = load_params(); p.train.epochs = 1\n"
-        "d = tempfile.mkdtemp()\n"
-        "train(p, 'data/soft_labels', 'models/base', d + '/m', d + '/c', None, progress=False)\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return int(out.stdout.strip().splitlines()[-1]) / 1024
+def run_child(version: str, args, old_file: str) -> dict:
+    cmd = [sys.executable, __file__, "--child", version, "--params", args.params, "--epochs", str(args.epochs),
+           "--old-file", old_file]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"{version} run failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--rss", action="store_true", help="also measure peak RSS of one default epoch (needs models/base)")
+    ap.add_argument("--repeat", type=int, default=1, help="rounds of (previous, current) runs")
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--old-rev", default=None, help="git revision of the previous training.py")
+    ap.add_argument("--collate-batches", type=int, default=20)
+    ap.add_argument("--child", choices=["old", "new"], help=argparse.SUPPRESS)
+    ap.add_argument("--old-file", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if not LABELS.exists():
-        raise SystemExit(f"{LABELS} not found: run `dvc repro soft_labels` first")
-    params = load_params()
-    print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, 1 thread, "
-          f"batch {params.train.batch_pairs} pairs, model.tiny {params.model.tiny}")
+    if args.child:
+        print(json.dumps(child(args.child, args.params, args.epochs, args.old_file)))
+        return 0
+    if not (LABELS / "train.csv").exists() or not (BASE / "config.json").exists():
+        raise SystemExit(f"{LABELS}/train.csv or {BASE}/config.json not found: run `dvc repro soft_labels base_model`")
+    import torch
+
+    rev, text = old_source(args.old_rev)
+    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+          f"1 thread; previous training.py from {rev}; {args.epochs} epochs")
     with tempfile.TemporaryDirectory() as tmp:
-        base = build(Path(tmp), params)
-        res = throughput(params, base, args.steps)
-    for k, v in res.items():
-        print(f"{k:40s} {v:8.1f} images/s")
-    print(f"{'cache speed-up (training step only)':40s} {res['cached, one forward of 2B'] / res['uncached, one forward of 2B']:8.2f}x")
-    print(f"{'one forward vs two (uncached)':40s} {res['uncached, one forward of 2B'] / res['uncached, two forwards of B']:8.2f}x")
-    print(f"{'one forward vs two (cached)':40s} {res['cached, one forward of 2B'] / res['cached, two forwards of B']:8.2f}x")
-    if args.rss:
-        print(f"{'peak RSS, one default epoch':40s} {peak_rss_one_epoch():8.0f} MiB")
+        old_file = str(Path(tmp) / "deqa_training_previous.py")
+        Path(old_file).write_text(text)
+        runs = {"old": [], "new": []}
+        for r in range(args.repeat):
+            for version in (("old", "new") if r % 2 == 0 else ("new", "old")):
+                res = run_child(version, args, old_file)
+                runs[version].append(res)
+                print(f"{version}: {res['steps']} steps in {res['seconds']:.1f} s = {res['steps_per_s']:.2f} steps/s "
+                      f"(epoch 1 {res['epoch1_steps_per_s']:.2f}, later {res['later_steps_per_s']:.2f}), "
+                      f"peak RSS {res['rss_mib']:.0f} MiB, val SRCC {[round(v, 4) for v in res['val_srcc']]}",
+                      flush=True)
+    best = {v: max(runs[v], key=lambda r: r["steps_per_s"]) for v in runs}
+    for key, label in (("steps_per_s", "whole run"), ("epoch1_steps_per_s", "epoch 1 (tower runs)"),
+                       ("later_steps_per_s", "later epochs (cached)")):
+        print(f"{label:28s} previous {best['old'][key]:7.2f}  current {best['new'][key]:7.2f} steps/s  "
+              f"speed-up {best['new'][key] / best['old'][key]:5.2f}x")
+    col = collation(args.params, args.collate_batches)
+    print(f"collation alone: processor every batch {col['processor every batch']:.0f} images/s, "
+          f"assembled from entries {col['assembled from entries']:.0f} images/s "
+          f"({col['assembled from entries'] / col['processor every batch']:.1f}x)")
     return 0
 
 

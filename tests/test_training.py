@@ -256,6 +256,21 @@ def test_fast_collation_equals_the_processor_and_skips_the_images(family, data, 
                 assert a[k].dtype == w[k].dtype and torch.equal(a[k], w[k]), (part, k)
 
 
+def test_fast_collation_entries_stop_at_their_memory_budget(data):
+    base, labels = data
+    conv = Conversation(load_processor(base))
+    ex = Examples.from_csv(labels / "train.csv")
+    fast, slow = Collator(conv, ex, 0), Collator(conv, ex, 0, fast=False)
+    per_image = 3 * 64 * 64 * 4  # one 64 px float32 image
+    fast.encoder.max_bytes = 5 * per_image
+    pairs = PairDataset(ex.dataset, 0)
+    for i in range(0, len(pairs) - 2, 3):
+        b = [pairs[j] for j in range(i, i + 3)]
+        got, want = fast.pairs(b), slow.pairs(b)
+        assert all(torch.equal(got["inputs"][k], want["inputs"][k]) for k in want["inputs"])
+    assert len(fast.encoder.entries) == 6 and fast.encoder.state == "on"
+
+
 def test_fast_collation_turns_off_when_it_cannot_match(data, monkeypatch, caplog):
     base, labels = data
     conv = Conversation(load_processor(base))

@@ -160,6 +160,12 @@ class TrainState:
     best: dict | None = None  # the best history entry so far (train.select: best)
     best_weights: dict | None = field(default=None, repr=False)  # its trainable tensors (not in the JSON)
 
+    def add_batch(self, losses: dict[str, float]) -> None:
+        """Count a micro-batch done and add its losses to the running sums."""
+        self.batches_done += 1
+        for k, v in {**losses, "n": 1}.items():
+            self.running[k] = self.running.get(k, 0) + v
+
     def to_json(self, fp: Fingerprint) -> str:
         data = {k: v for k, v in asdict(self).items() if k != "best_weights"}
         return json.dumps({"fingerprint": fp.value, "parts": asdict(fp), **data}, indent=1, sort_keys=True)
@@ -205,8 +211,8 @@ class Checkpoints:
         target = self.dir / f"step_{state.step:07d}"
         tmp = target.with_name(target.name + ".tmp")
         if self.acc.is_main_process:
-            self.dir.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
         self.acc.wait_for_everyone()
         self.acc.save_state(str(tmp))
         if self.acc.is_main_process:

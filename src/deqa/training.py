@@ -113,9 +113,7 @@ def train(params: Params, labels_dir: str | Path, base_dir: str | Path, out_dir:
                     break
                 reseed(seed, state, accelerator.process_index)
                 synced, losses = train_step(accelerator, model, optimizer, scheduler, batch, trainable, conv, params, cache)
-                state.batches_done += 1
-                for k, v in {**losses, "n": 1}.items():
-                    state.running[k] = state.running.get(k, 0) + v
+                state.add_batch(losses)
                 if not synced:
                     continue
                 state.step += 1
@@ -323,7 +321,8 @@ def end_epoch(accelerator, model, processor, val_ex: Examples | None, state: Tra
             live.log_metric("val/srcc", srcc)
             live.log_metric("val/plcc", plcc)
             live.make_summary()
-        bar.write(f"epoch {state.epoch}: val SRCC {srcc:.4f} PLCC {plcc:.4f}")
+        if accelerator.is_main_process:
+            bar.write(f"epoch {state.epoch}: val SRCC {srcc:.4f} PLCC {plcc:.4f}")
         if tcfg.select == "best" and (state.best is None or srcc > state.best["val_srcc"]):
             state.best, state.best_weights = entry, trainable_state(accelerator, model)
     state.epoch, state.batches_done = state.epoch + 1, 0
