@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from PIL import Image
 
 from deqa.cli import main as cli_main
@@ -148,7 +149,7 @@ def test_symlink_inside_root_is_fine(data):
     (-2.0, "mos_in_scale", "mos=-2.0 is outside the dataset's scale [1.0, 5.0]"),
     (7.5, "mos_in_scale", "mos=7.5 is outside the dataset's scale [1.0, 5.0]"),
     (np.inf, "mos_in_scale", "mos=inf is not finite"),
-    ("good", "type_mos", "mos='good' is not a number"),
+    ("good", "type_mos", "mos 'good' is not a number"),
 ])
 def test_bad_mos(data, value, name, reason):
     _, df = data
@@ -281,14 +282,18 @@ def test_stage_fail_mode_exits_with_message_not_traceback(data, tmp_path, monkey
     work = tmp_path / "work"
     (work / "data" / "prepare").mkdir(parents=True)
     df.to_csv(work / "data" / "prepare" / "manifest.csv", index=False)
-    (work / "params.yaml").write_text("validate:\n  on_error: fail\n  min_rows: 5\n")
     repo = Path(__file__).resolve().parents[1]
+    params = yaml.safe_load((repo / "params.yaml").read_text())  # a params file spells out every section
+    params["validate"].update(on_error="fail", min_rows=5)
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
     spec = importlib.util.spec_from_file_location("validate_stage", repo / "stages" / "validate.py")
     stage = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(stage)
     monkeypatch.chdir(work)
+    monkeypatch.delenv("DVC_STAGE", raising=False)
     with pytest.raises(SystemExit) as exc:
-        stage.main([])
+        stage.main(["--manifest", "data/prepare/manifest.csv", "--out", "data/validate",
+                    "--metrics", "metrics/validate.json"])
     message = str(exc.value.code)
     assert message.startswith("validation failed (on_error=fail)")
     assert "file_decodes" in message and "img05.png: zero-byte file" in message

@@ -1,37 +1,121 @@
 """The ``deqa`` command line: thin front doors over the library, the same code the stages run.
 
-Each sub-command lives in the library module that implements it; that module defines
-``add_arguments(parser)`` and ``run(args) -> int`` (the exit code). Modules are imported only
-when their command runs, so ``deqa --help`` stays fast.
+Each sub-command ``NAME`` is the module ``deqa.commands.NAME``, which defines
+``add_arguments(parser)`` and ``run(args) -> int`` (the exit code) and does only argument parsing
+and printing; the work is done by the library modules. A command's module is imported only when
+that command runs, so ``deqa --help`` stays fast.
+
+Options every command takes (before or after the command name):
+
+* ``-v/--verbose`` (debug log lines), ``-q/--quiet`` (warnings and errors only; ``-qq``: errors
+  only). By default ``deqa`` log lines at INFO and above go to stderr: ``message`` for INFO,
+  ``warning: message`` / ``error: message`` above. Other libraries log at WARNING and above,
+  and their ``FutureWarning``/``DeprecationWarning`` noise is hidden unless ``-v``.
+* ``--debug``: an unexpected error shows its traceback. Without it, any error is one line,
+  ``error: <what>: <reason>``, and the exit code is 2 (130 for Ctrl-C).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
+import warnings
 
-# command -> (module, one-line help)
+# command -> one-line help; the module is deqa.commands.<command>
 COMMANDS = {
-    "validate": ("deqa.validation", "check a label file and its images with the validation suite"),
-    "labels": ("deqa.labels", "print the soft-label discretisation table of a label file"),
-    "score": ("deqa.scoring", "score images with a trained model"),
-    "export": ("deqa.export", "merge a LoRA adapter into its base model and save a checkpoint"),
-    "gate": ("deqa.gate", "CI check: metrics reproduce the committed ones and SRCC does not regress"),
+    "validate": "check a label file and its images with the validation suite",
+    "labels": "print the soft-label discretisation table of a label file",
+    "score": "score images with a trained model",
+    "export": "merge a LoRA adapter into its base model and save a checkpoint",
+    "gate": "CI check: metrics reproduce the committed ones and SRCC does not regress",
 }
+EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
+
+
+# where a command's front door still lives in its library module (until deqa.commands.<name> exists)
+FALLBACK = {"gate": "deqa.gate", "export": "deqa.export"}
+
+
+def command_module(name: str):
+    """The module implementing command ``name`` (``deqa.commands.<name>``)."""
+    try:
+        return importlib.import_module(f"deqa.commands.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"deqa.commands.{name}" or name not in FALLBACK:
+            raise
+        return importlib.import_module(FALLBACK[name])
+
+
+def _common_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    g = common.add_argument_group("output and logging (any command)")
+    g.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                   help="more log lines (debug level)")
+    g.add_argument("-q", "--quiet", action="count", default=argparse.SUPPRESS,
+                   help="fewer log lines: warnings and errors only (-qq: errors only); no progress bars")
+    g.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="show the traceback of an unexpected error")
+    return common
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    common = _common_options()
     parser = argparse.ArgumentParser(
-        prog="deqa",
+        prog="deqa", parents=[common],
         description="DeQA-Score image-quality scoring with vision-language models.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+    for name, help_text in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text, parents=[common])
         if name == command:
-            importlib.import_module(module).add_arguments(p)
+            command_module(name).add_arguments(p)
     return parser
+
+
+class _Formatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        text = record.getMessage()
+        if record.exc_info and record.levelno >= logging.ERROR:
+            text += "\n" + self.formatException(record.exc_info)
+        if record.levelno >= logging.ERROR:
+            return f"error: {text}"
+        if record.levelno >= logging.WARNING:
+            return f"warning: {text}"
+        return text
+
+
+_HANDLER: logging.Handler | None = None
+
+
+def configure_logging(verbose: int = 0, quiet: int = 0) -> int:
+    """Send ``deqa`` log records to stderr at the chosen level; returns that level."""
+    global _HANDLER
+    level = logging.DEBUG if verbose else {0: logging.INFO, 1: logging.WARNING}.get(quiet, logging.ERROR)
+    logger = logging.getLogger("deqa")
+    if _HANDLER is not None:
+        logger.removeHandler(_HANDLER)
+    _HANDLER = logging.StreamHandler(sys.stderr)  # the current stderr (tests replace it)
+    _HANDLER.setFormatter(_Formatter())
+    logger.addHandler(_HANDLER)
+    logger.setLevel(level)
+    logger.propagate = False
+    # other libraries: warnings and errors (INFO with -v), on the current stderr
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, force=True,
+                        format="%(name)s: %(levelname)s: %(message)s", stream=sys.stderr)
+    for handler in logging.getLogger().handlers:  # libraries that set their own loggers to INFO
+        handler.setLevel(logging.INFO if verbose else logging.WARNING)
+    if not verbose:
+        for category in (FutureWarning, DeprecationWarning):
+            warnings.filterwarnings("ignore", category=category)
+    return level
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: its message (or type), whitespace collapsed."""
+    text = " ".join(str(exc).split())
+    return text if text and not isinstance(exc, (KeyError, AttributeError)) else f"{type(exc).__name__}: {text}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,11 +123,24 @@ def main(argv: list[str] | None = None) -> int:
     command = next((a for a in argv if a in COMMANDS), None)
     parser = build_parser(command)
     args = parser.parse_args(argv)
+    debug = getattr(args, "debug", False)
+    args.verbose, args.quiet, args.debug = getattr(args, "verbose", 0), getattr(args, "quiet", 0), debug
+    configure_logging(args.verbose, args.quiet)
     if args.command is None:
         parser.print_help()
-        return 2
-    module = importlib.import_module(COMMANDS[args.command][0])
-    return int(module.run(args) or 0)
+        return EXIT_USAGE
+    try:
+        return int(command_module(args.command).run(args) or 0)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("error: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - every error is one line unless --debug
+        if debug:
+            raise
+        print(f"error: {one_line(exc)} (run with --debug for the traceback)", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":  # pragma: no cover

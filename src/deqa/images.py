@@ -61,14 +61,22 @@ class ImageLoadError(ValueError):
 
 
 def display_path(path) -> str:
-    """The path as text fit for a one-line message: control characters (NUL, newline) escaped."""
+    """The path as printable UTF-8 text for a one-line message or an output row.
+
+    Control characters (NUL, newline, ...) become ``\\x00``-style escapes and bytes that are not
+    UTF-8 (a file name from another encoding) ``\\xe9``-style escapes; other paths are unchanged.
+    """
     text = os.fsdecode(path) if isinstance(path, (bytes, os.PathLike)) else str(path)
     if any(ord(c) < 32 or c == "\x7f" for c in text):
-        return ascii(text)[1:-1]
+        text = "".join(ascii(c)[1:-1] if ord(c) < 32 or c == "\x7f" else c for c in text)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a file name that is not valid UTF-8 on disk (surrogate escapes)
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     return text
 
 
-def _reason(exc: BaseException, path) -> str:
+def error_reason(exc: BaseException, path) -> str:
     """A short human reason for an exception raised while opening or decoding ``path``."""
     from PIL import Image, UnidentifiedImageError
 
@@ -118,7 +126,7 @@ def load_image(path) -> "Image.Image":
     except Exception as exc:  # noqa: BLE001 - decoders raise many types; all become one clear error
         if isinstance(exc, Image.DecompressionBombWarning):
             exc = Image.DecompressionBombError(str(exc))
-        raise ImageLoadError(path, _reason(exc, path)) from exc
+        raise ImageLoadError(path, error_reason(exc, path)) from exc
 
 
 def to_rgb(im) -> "Image.Image":
@@ -220,4 +228,4 @@ def check_image(path) -> tuple["Image.Image", list[str]]:
     except Exception as exc:  # noqa: BLE001
         if isinstance(exc, Image.DecompressionBombWarning):
             exc = Image.DecompressionBombError(str(exc))
-        raise ImageLoadError(path, _reason(exc, path)) from exc
+        raise ImageLoadError(path, error_reason(exc, path)) from exc

@@ -29,6 +29,17 @@ Formats (:data:`FORMATS`):
 ``generic-csv`` any CSV with ``image, mos`` and optionally ``std``, ``n_votes``, ``split``.
 ==============  ================================================================================
 
+CSV files are read with Python's ``csv`` module (UTF-8, or Latin-1 with a warning when the file
+is not UTF-8). A row whose field count differs from the header's is never shifted into other
+columns: with ``annotate=False`` (the default) it is a :class:`LabelImportError` naming the line;
+with ``annotate=True`` (what ``deqa validate`` and the evaluation of extra sets use) the row is
+kept with a reason for validation to quarantine, and the frame gains helper columns that
+:mod:`deqa.validation` reads: ``_line`` (the row's line in the file, or item number in a JSON
+list), ``_line_error`` (why the row is malformed) and ``_text_<column>`` (the original text of a
+numeric value that is not a number, such as ``"4,5"``; the numeric column holds NaN).
+The optional provenance columns (``content``, ``distortion``, ``severity``) pass through where
+the file has them.
+
 Splits: the file's own split where it has one (KonIQ ``set``: training/validation/test), else a
 seeded split with ``val_fraction``/``test_fraction``; ``split=...`` forces one split for all rows.
 
@@ -38,6 +49,8 @@ seeded split with ``val_fraction``/``test_fraction``; ``split=...`` forces one s
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
 import re
@@ -47,7 +60,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from deqa.schema import MANIFEST_COLUMNS, SPLITS, VOTE_COLUMNS
+from deqa.schema import MANIFEST_COLUMNS, PROVENANCE_COLUMNS, SPLITS, VOTE_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -64,18 +77,77 @@ class LabelImportError(ValueError):
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
-def _read_csv(path: Path, fmt: str) -> pd.DataFrame:
+# the strings pandas.read_csv reads as missing by default
+NA_STRINGS = {"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+              "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"}
+HELPER_PREFIX = "_"
+
+
+def read_text(path: Path) -> str:
+    """A text file as UTF-8 (BOM allowed), else as Latin-1 with a logged warning."""
+    data = path.read_bytes()
     try:
-        return pd.read_csv(path, dtype=str, keep_default_na=True, skipinitialspace=True)
-    except pd.errors.EmptyDataError:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        log.warning("%s is not UTF-8; read it as Latin-1", path)
+        return data.decode("latin-1")
+
+
+def read_csv_rows(path: Path, fmt: str = "csv") -> pd.DataFrame:
+    """A CSV file as text columns plus ``_line`` (each row's first line) and ``_line_error``.
+
+    Blank lines are skipped, pandas' default missing-value strings become NaN, repeated header
+    names get ``.1``, ``.2`` suffixes. A row with more or fewer fields than the header keeps its
+    fields in order (padded or cut) and gets a ``_line_error`` naming the line; no row ever
+    shifts into the index. An empty file gives an empty frame.
+    """
+    try:
+        text = read_text(path)
+    except OSError as exc:
+        raise LabelImportError(f"{path}: cannot read the file for format {fmt!r}: {exc.strerror or exc}") from None
+    reader = csv.reader(io.StringIO(text, newline=""), skipinitialspace=True)
+    header, rows, lines, errors, prev = None, [], [], [], 0
+    try:
+        for row in reader:
+            start, prev = prev + 1, reader.line_num
+            if not any(cell.strip() for cell in row):
+                continue
+            if header is None:
+                header = _unique_names([c.strip() for c in row])
+                continue
+            error = ""
+            if len(row) != len(header):
+                error = f"line {start} has {len(row)} fields but the header has {len(header)}"
+                row = (row + [""] * len(header))[: len(header)]
+            rows.append([None if c.strip() in NA_STRINGS else c for c in row])
+            lines.append(start)
+            errors.append(error)
+    except csv.Error as exc:
+        raise LabelImportError(f"{path}: not a readable CSV file for format {fmt!r}: line {reader.line_num}: {exc}") from None
+    if header is None:
         return pd.DataFrame()
-    except (UnicodeDecodeError, pd.errors.ParserError) as exc:
-        raise LabelImportError(f"{path}: not a readable CSV file for format {fmt!r}: {exc}") from None
+    df = pd.DataFrame(rows, columns=header, dtype=object)
+    df["_line"] = lines
+    df["_line_error"] = errors
+    return df
+
+
+def _unique_names(names: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for n in names:
+        out.append(n if n not in seen else f"{n}.{seen[n]}")
+        seen[n] = seen.get(n, 0) + 1
+    return out
+
+
+def _read_csv(path: Path, fmt: str) -> pd.DataFrame:
+    return read_csv_rows(path, fmt)
 
 
 def _require(df: pd.DataFrame, path: Path, fmt: str, expected: list[str | tuple[str, ...]]) -> dict:
     """Map each expected column (or tuple of accepted aliases) to the column present in ``df``."""
-    cols = {c.strip(): c for c in df.columns}
+    cols = {c.strip(): c for c in df.columns if not str(c).startswith(HELPER_PREFIX)}
     found, missing = {}, []
     for want in expected:
         names = (want,) if isinstance(want, str) else want
@@ -88,32 +160,53 @@ def _require(df: pd.DataFrame, path: Path, fmt: str, expected: list[str | tuple[
         exp = ", ".join(" or ".join((w,) if isinstance(w, str) else w) for w in expected)
         raise LabelImportError(
             f"{path}: format {fmt!r} expects columns [{exp}]; missing: {', '.join(missing)}; "
-            f"found: {', '.join(map(str, df.columns)) or '(none)'}"
+            f"found: {', '.join(c for c in map(str, df.columns) if not c.startswith(HELPER_PREFIX)) or '(none)'}"
         )
     return found
 
 
 def _num(series: pd.Series) -> pd.Series:
-    """Numbers as float64; text that is not a number stays visible to ``validate`` as NaN."""
-    return pd.to_numeric(series, errors="coerce").astype("float64")
+    """Numbers as float64; text that is not a number becomes NaN (:func:`_texts` keeps it)."""
+    return pd.to_numeric(pd.Series(series).reset_index(drop=True), errors="coerce").astype("float64")
+
+
+def _texts(series) -> pd.Series:
+    """The original text of each value that is present but not a number (else None)."""
+    raw = pd.Series(series, dtype=object).reset_index(drop=True)
+    bad = pd.to_numeric(raw, errors="coerce").isna() & raw.notna()
+    bad &= ~raw.map(lambda v: isinstance(v, float))  # a real NaN is missing, not text
+    return raw.where(bad, None).map(lambda v: None if v is None else str(v))
 
 
 def _posix(path: str) -> str:
     return str(PurePosixPath(str(path).replace("\\", "/")))
 
 
-def _frame(images, mos, std=None, n_votes=None, split=None, votes=None) -> pd.DataFrame:
+def _frame(images, mos, std=None, n_votes=None, split=None, votes=None, source=None) -> pd.DataFrame:
+    """The common columns; ``mos``/``std``/``n_votes`` may be raw text (kept in ``_text_*``).
+
+    ``source``: the file's own frame, whose helper columns (``_line``, ``_line_error``) and
+    provenance columns are carried over row by row.
+    """
     n = len(images)
-    df = pd.DataFrame({
-        "image": [_posix(p) for p in images],
-        "mos": np.asarray(mos, dtype="float64") if n else np.array([], dtype="float64"),
-        "std": np.asarray(std, dtype="float64") if std is not None else np.full(n, np.nan),
-        "n_votes": np.asarray(n_votes, dtype="float64") if n_votes is not None else np.full(n, np.nan),
-        "split": list(split) if split is not None else [""] * n,
-    })
+    df = pd.DataFrame({"image": [_posix(p) for p in images]})
+    for col, values in (("mos", mos), ("std", std), ("n_votes", n_votes)):
+        if values is None:
+            df[col] = np.full(n, np.nan)
+            continue
+        df[col] = _num(values).to_numpy() if n else np.array([], dtype="float64")
+        texts = _texts(values) if n else pd.Series([], dtype=object)
+        if texts.notna().any():
+            df[f"_text_{col}"] = texts.to_numpy()
+    df["split"] = list(split) if split is not None else [""] * n
     if votes is not None:
         for i, c in enumerate(VOTE_COLUMNS):
             df[c] = np.asarray(votes)[:, i].astype("float64") if n else np.array([], dtype="float64")
+    if source is not None:
+        src = source.reset_index(drop=True)
+        for c in [*PROVENANCE_COLUMNS, "_line", "_line_error"]:
+            if c in src.columns:
+                df[c] = src[c].to_numpy()
     return df
 
 
@@ -148,7 +241,7 @@ def _read_koniq(path: Path):
     total = _num(df["c_total"]).to_numpy() if "c_total" in df.columns else None
     levels = np.arange(1, 6)
     if "MOS_zscore" in df.columns:  # scores_and_distributions layout: counts, MOS on 1-5
-        mos = _num(df[cols["MOS"]]).to_numpy()
+        mos = df[cols["MOS"]]
         counts = fr
         if total is None:
             total = counts.sum(axis=1)
@@ -166,11 +259,11 @@ def _read_koniq(path: Path):
             )
         counts = np.rint(fr * total[:, None])
         mos = (fr * levels).sum(axis=1) / frac_sum  # the 1-5 ACR mean, not MOS_zscore
-    split = df["set"].str.strip().map(KONIQ_SET_NAMES) if "set" in df.columns else None
+    split = df["set"].astype(str).str.strip().map(KONIQ_SET_NAMES) if "set" in df.columns else None
     if split is not None and split.isna().any():
         bad = sorted(set(df["set"][split.isna()].astype(str)))[:5]
         raise LabelImportError(f"{path}: unknown KonIQ set name(s) {bad}; expected {list(KONIQ_SET_NAMES)}")
-    out = _frame(df[cols["image_name"]], mos, _num(df[cols["SD"]]), total, split, counts)
+    out = _frame(df[cols["image_name"]], mos, df[cols["SD"]], total, split, counts, source=df)
     return out, None
 
 
@@ -179,7 +272,10 @@ def _read_kadid(path: Path):
     cols = _require(df, path, "kadid", ["dist_img", "ref_img", "dmos", "var"])
     var = _num(df[cols["var"]]).to_numpy()
     std = np.sign(var) * np.sqrt(np.abs(var))  # a negative variance stays visibly bad (std < 0)
-    out = _frame(df[cols["dist_img"]], _num(df[cols["dmos"]]), std)
+    out = _frame(df[cols["dist_img"]], df[cols["dmos"]], std, source=df)
+    texts = _texts(df[cols["var"]])
+    if texts.notna().any():
+        out["_text_std"] = texts.to_numpy()
     return out, df[cols["ref_img"]].astype(str).reset_index(drop=True)
 
 
@@ -194,7 +290,7 @@ def _read_spaq(path: Path):
     else:
         df = _read_csv(path, "spaq")
     cols = _require(df, path, "spaq", [("Image name", "image_name", "image"), ("MOS", "mos")])
-    return _frame(df[cols["Image name"]], _num(df[cols["MOS"]])), None
+    return _frame(df[cols["Image name"]], df[cols["MOS"]], source=df), None
 
 
 def _read_livec(path: Path):
@@ -205,13 +301,15 @@ def _read_livec(path: Path):
     if not split.isin(SPLITS).all():
         bad = sorted(set(split[~split.isin(SPLITS)]))[:5]
         raise LabelImportError(f"{path}: unknown split value(s) {bad}; expected {list(SPLITS)} or practice")
-    return _frame(df[cols["file"]], _num(df[cols["mos"]]), _num(df[cols["std"]]), split=split), None
+    return _frame(df[cols["file"]], df[cols["mos"]], df[cols["std"]], split=split, source=df), None
 
 
 def _read_json_list(path: Path, fmt: str) -> list:
     try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        data = json.loads(read_text(path))
+    except OSError as exc:
+        raise LabelImportError(f"{path}: cannot read the file for format {fmt!r}: {exc.strerror or exc}") from None
+    except json.JSONDecodeError as exc:
         raise LabelImportError(f"{path}: not valid JSON for format {fmt!r}: {exc}") from None
     if isinstance(data, dict):  # tolerate {"annotations": [...]}-style wrappers with one list
         lists = [v for v in data.values() if isinstance(v, list)]
@@ -226,11 +324,13 @@ def _read_json_list(path: Path, fmt: str) -> list:
 _ID_SCORE = re.compile(r"->\s*([-+0-9.eE]+)\s*$")
 
 
-def _json_float(value) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return float("nan")
+def _items_source(items: list[dict]) -> pd.DataFrame:
+    """``_line`` (the item's number, from 1) and the provenance fields of a JSON list's items."""
+    src = pd.DataFrame({"_line": np.arange(1, len(items) + 1)})
+    for c in PROVENANCE_COLUMNS:
+        if any(c in it for it in items):
+            src[c] = [it.get(c) for it in items]
+    return src
 
 
 def _read_qalign(path: Path):
@@ -248,8 +348,8 @@ def _read_qalign(path: Path):
                 f"[gt_score or an id 'name->score']; found: {', '.join(it) or '(none)'}"
             )
         images.append(img)
-        mos.append(_json_float(score))
-    return _frame(images, mos), None
+        mos.append(score)
+    return _frame(images, mos, source=_items_source(items)), None
 
 
 def _read_deqa(path: Path):
@@ -262,18 +362,18 @@ def _read_deqa(path: Path):
                 f"found: {', '.join(it) or '(none)'}"
             )
         images.append(it["image"])
-        mos.append(_json_float(it["gt_score"]))
-        std.append(_json_float(it.get("std")))
-    return _frame(images, mos, std), None
+        mos.append(it["gt_score"])
+        std.append(it.get("std"))
+    return _frame(images, mos, std, source=_items_source(items)), None
 
 
 def _read_generic(path: Path):
     df = _read_csv(path, "generic-csv")
     cols = _require(df, path, "generic-csv", ["image", "mos"])
-    std = _num(df["std"]) if "std" in df.columns else None
-    n_votes = _num(df["n_votes"]) if "n_votes" in df.columns else None
+    std = df["std"] if "std" in df.columns else None
+    n_votes = df["n_votes"] if "n_votes" in df.columns else None
     split = df["split"].fillna("").str.strip() if "split" in df.columns else None
-    return _frame(df[cols["image"]], _num(df[cols["mos"]]), std, n_votes, split), None
+    return _frame(df[cols["image"]], df[cols["mos"]], std, n_votes, split, source=df), None
 
 
 READERS: dict[str, Callable] = {
@@ -301,6 +401,7 @@ def import_labels(
     seed: int = 0,
     val_fraction: float = 0.1,
     test_fraction: float = 0.1,
+    annotate: bool = False,
 ) -> pd.DataFrame:
     """Read one label file in ``format`` and return its manifest rows.
 
@@ -308,6 +409,9 @@ def import_labels(
     min/max. ``split`` forces one split for every row; otherwise the file's own split is used, or
     a seeded split (``seed``, ``val_fraction``, ``test_fraction``) where the file has none.
     Raises :class:`LabelImportError` with a message naming the file and the expected columns.
+    ``annotate``: keep malformed rows and unparseable numbers for validation, in the helper
+    columns ``_line``, ``_line_error``, ``_text_*`` (module docstring); otherwise a malformed
+    row is an error naming its line and the helper columns are left out.
     """
     if format not in READERS:
         raise LabelImportError(f"unknown format {format!r}; known formats: {', '.join(FORMATS)}")
@@ -318,6 +422,13 @@ def import_labels(
         raise LabelImportError(f"label file not found: {str(labels) or '(empty path)'} (format {format!r})")
     df, groups = READERS[format](path)
     df = df.reset_index(drop=True)
+    if "_line_error" in df.columns:
+        bad = df["_line_error"].fillna("").astype(str)
+        if not annotate and (bad != "").any():
+            listed = "; ".join(bad[bad != ""].head(5))
+            more = f" (and {int((bad != '').sum()) - 5} more)" if (bad != "").sum() > 5 else ""
+            raise LabelImportError(f"{path}: malformed CSV row(s): {listed}{more}")
+        df["_line_error"] = bad
     if split:
         df["split"] = split
     else:
@@ -330,8 +441,14 @@ def import_labels(
     finite = df["mos"][np.isfinite(df["mos"])]
     df["lo"] = float(lo) if lo is not None else (float(finite.min()) if len(finite) else np.nan)
     df["hi"] = float(hi) if hi is not None else (float(finite.max()) if len(finite) else np.nan)
-    extra = [c for c in VOTE_COLUMNS if c in df.columns]
-    return df[MANIFEST_COLUMNS + extra].astype({"split": object})
+    return df[_columns(df, annotate)].astype({"split": object})
+
+
+def _columns(df: pd.DataFrame, annotate: bool) -> list[str]:
+    """Manifest columns, vote counts and provenance where present (+ helper columns if annotating)."""
+    extra = [c for c in VOTE_COLUMNS + PROVENANCE_COLUMNS if c in df.columns]
+    helpers = [c for c in df.columns if str(c).startswith(HELPER_PREFIX)] if annotate else []
+    return MANIFEST_COLUMNS + extra + helpers
 
 
 def load_sources(
@@ -342,11 +459,12 @@ def load_sources(
     synthetic=None,
     out_dir: str | Path = "data/prepare",
     progress: bool = True,
+    annotate: bool = False,
 ) -> pd.DataFrame:
     """Import and concatenate several sources (``SourceConfig`` objects), each with its own bounds.
 
     A ``synthetic`` source is generated first (``synthetic``: a ``SyntheticConfig``) into
-    ``out_dir`` and then loaded through the KonIQ importer.
+    ``out_dir`` and then loaded through the KonIQ importer. ``annotate``: as in :func:`import_labels`.
     """
     if not sources:
         raise LabelImportError("prepare.sources is empty: name at least one data source")
@@ -365,12 +483,11 @@ def load_sources(
 
             labels, images_root = generate(synthetic or SyntheticConfig(), out_dir, seed=seed, progress=progress)
             frame = import_labels(labels, "koniq", root=src.root or images_root, name=src.name,
-                                  lo=src.lo, hi=src.hi, split=src.split, seed=seed)
+                                  lo=src.lo, hi=src.hi, split=src.split, seed=seed, annotate=annotate)
         else:
             frame = import_labels(src.labels, src.format, root=src.root, name=src.name, lo=src.lo,
                                   hi=src.hi, split=src.split, seed=seed,
-                                  val_fraction=val_fraction, test_fraction=test_fraction)
+                                  val_fraction=val_fraction, test_fraction=test_fraction, annotate=annotate)
         frames.append(frame)
     out = pd.concat(frames, ignore_index=True)
-    cols = MANIFEST_COLUMNS + [c for c in VOTE_COLUMNS if c in out.columns]
-    return out[cols]
+    return out[_columns(out, annotate)]

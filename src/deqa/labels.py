@@ -31,10 +31,7 @@ per-call argument checking of the ``rv_continuous`` front end, which costs 10x o
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -458,7 +455,7 @@ def format_metrics(metrics: dict[str, dict[str, Any]], kind: str = "soft") -> st
 
 
 # --------------------------------------------------------------------------------------------
-# CLI: deqa labels FILE
+# reading a user's label file (``deqa labels FILE``, :mod:`deqa.commands.labels`)
 # --------------------------------------------------------------------------------------------
 def read_manifest(path: str | Path) -> pd.DataFrame:
     """Read a manifest or label CSV (:data:`deqa.schema.MANIFEST_COLUMNS`), strings kept as text."""
@@ -511,46 +508,3 @@ def load_label_file(path: str | Path, format: str | None = None, **importer_opti
         raise ValueError(f"{path}: cannot tell the format from its name and columns; pass --format "
                          f"(one of: manifest, {', '.join(importers.FORMATS)})")
     return importers.import_labels(str(path), fmt, **importer_options)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``deqa labels``."""
-    from deqa.config import SoftLabelsConfig
-
-    d = SoftLabelsConfig()
-    parser.add_argument("file", metavar="FILE", help="label file (a manifest CSV, KonIQ, KADID, generic CSV, ...)")
-    parser.add_argument("--format", default=None,
-                        help="layout of FILE (default: detected from its columns; "
-                             "manifest or one of deqa.importers.FORMATS)")
-    parser.add_argument("--name", default=None, help="dataset name (importers only)")
-    parser.add_argument("--lo", type=float, default=None, help="lower MOS bound (default: observed min)")
-    parser.add_argument("--hi", type=float, default=None, help="upper MOS bound (default: observed max)")
-    parser.add_argument("--kind", choices=KINDS, default=d.kind, help=f"labels to assess (default: {d.kind})")
-    parser.add_argument("--density", choices=DENSITIES, default=d.density, help=f"default: {d.density}")
-    parser.add_argument("--std-min", type=float, default=d.std_min, help=f"binary fallback below this s (default: {d.std_min})")
-    parser.add_argument("--max-mean-error", type=float, default=d.max_mean_error,
-                        help=f"binary fallback above this |sum k q_k - m| (default: {d.max_mean_error})")
-    parser.add_argument("--renormalise", action="store_true", help="renormalise soft labels after clipping")
-    parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
-
-
-def run(args: argparse.Namespace) -> int:
-    """``deqa labels FILE``: print the discretisation table of a user's label file."""
-    from deqa.config import SoftLabelsConfig
-
-    config = SoftLabelsConfig(kind=args.kind, density=args.density, std_min=args.std_min,
-                              max_mean_error=args.max_mean_error, renormalise=args.renormalise)
-    importer_options = {k: v for k, v in (("name", args.name), ("lo", args.lo), ("hi", args.hi)) if v is not None}
-    try:
-        manifest = load_label_file(args.file, args.format, **importer_options)
-        metrics = dataset_metrics(manifest, config)
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps(metrics, indent=2, sort_keys=True))
-    else:
-        print(f"{args.file}: {args.kind} labels (density {args.density}) against one-hot, "
-              f"m and s on [1, 5]; errors are means of |label - Gaussian|")
-        print(format_metrics(metrics, args.kind))
-    return 0

@@ -1,39 +1,69 @@
-"""Score images with a trained DeQA model: the :class:`Scorer` API and the ``deqa score`` command.
+"""Score images with a trained DeQA model: :class:`Scorer`, streaming batches, inputs and outputs.
 
 >>> from deqa.scoring import Scorer
 >>> scorer = Scorer.from_pretrained("models/deqa")          # adapter dir or merged checkpoint
 >>> result = scorer.score(["a.jpg", pil_image, numpy_array])  # doctest: +SKIP
 >>> result.mean, result.std, result.probs                      # (N,), (N,), (N, 5) bad..excellent
+>>> for batch in scorer.iter_score(paths):                     # doctest: +SKIP
+...     batch.records()        # this batch's rows in input order; unreadable images as error rows
 
 The score is the probability-weighted level ``μ = Σ k·p_k`` on 1..5 and the predicted std
 ``σ = sqrt(Σ p_k (k − μ)²)``, with ``p`` the softmax over the five level-token logits at the level
-position (spec §4). Scoring always runs the normal processor path (no cached features).
+position (spec §4). ``deqa score``, the ``evaluate`` stage and training-time validation all score
+through this one class; every image file is read by :func:`deqa.images.load_image`.
+
+**Streaming.** :meth:`Scorer.iter_score` reads and encodes (processor: resize, normalise,
+tokenise) batch ``i + 1`` in a background thread while the model runs batch ``i``, and yields
+each batch as soon as it is scored. Memory is bounded by a few batches, not by the number of
+inputs: at most ``prefetch`` encoded batches wait in the queue, and decoded full-size images live
+only while their batch is encoded. An unreadable image becomes an error entry of its batch; the
+rest of the batch is scored. ``decoder="process"`` uses a one-worker ``torch.utils.data``
+``DataLoader`` instead, ``decoder="none"`` decodes inline (see ``bench/bench_score.py``).
 
 **Batch invariance.** Sequences are right-padded (so real tokens keep their positions) and the
 level position is found per row, so a score does not depend on the batch it was computed in;
 the tests hold batch 1 and batch 32 to within 1e-4.
+
+:func:`expand_inputs` turns files, folders, globs and path lists into a list of path strings
+(no image is opened), and :class:`ResultWriter` appends each batch's rows to a CSV, JSON or JSON
+Lines file as they come, so an interrupted run keeps what it scored (``deqa score --resume``).
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import glob
 import io
 import json
+import logging
+import os
+import queue
+import stat
 import sys
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
+import torch.utils.data
 
 from deqa import LEVELS
+from deqa.images import ImageLoadError, array_to_rgb, display_path, error_reason, load_image, to_rgb
 from deqa.losses import read_scores
 from deqa.modeling import MODEL_CARD, Conversation, load_model, load_processor, resolve_checkpoint
 
+log = logging.getLogger(__name__)
+
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 EXIT_OK, EXIT_PARTIAL, EXIT_FAILED = 0, 1, 2
+FIELDS = ["path", "score", "std", *[f"p_{lv}" for lv in LEVELS], "error"]
+DECODERS = ("thread", "process", "none")
+
+
+class ModelLoadError(ValueError):
+    """A model that cannot be loaded (missing, corrupt, unknown device...); names the folder."""
 
 
 @dataclass
@@ -54,11 +84,61 @@ class ScoreResult:
             for n, m, s, ps in zip(names, self.mean, self.std, self.probs)
         ]
 
+    @classmethod
+    def concat(cls, parts: list["ScoreResult"]) -> "ScoreResult":
+        if not parts:
+            return cls(np.zeros(0), np.zeros(0), np.zeros((0, len(LEVELS))))
+        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("mean", "std", "probs")))
 
-def _device(device: str | None) -> torch.device:
-    if device in (None, "auto"):
+
+@dataclass
+class ScoredBatch:
+    """One batch of :meth:`Scorer.iter_score`: its inputs' names, the scored rows and the failures.
+
+    ``start`` is the index of the batch's first input in the whole input list; ``ok`` the
+    positions (within the batch) that were scored, one ``result`` row each; ``errors`` maps the
+    other positions to the reason they could not be read.
+    """
+
+    start: int
+    names: list[str]
+    ok: list[int]
+    result: ScoreResult
+    errors: dict[int, str] = field(default_factory=dict)
+
+    def records(self) -> list[dict]:
+        """Rows in input order: ``path, score, std, p_*`` or ``path, error``."""
+        scored = dict(zip(self.ok, self.result.records([self.names[j] for j in self.ok])))
+        return [scored[j] if j in scored else {"path": self.names[j], "error": self.errors[j]}
+                for j in range(len(self.names))]
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``auto``/None (CUDA when available, else CPU) or a device string that exists on this machine.
+
+    Raises ``ValueError`` with a one-line reason for an unknown or unavailable device.
+    """
+    if isinstance(device, torch.device):
+        return device
+    if device in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    available = {
+        "cpu": lambda: True,
+        "cuda": lambda: torch.cuda.is_available() and (dev.index or 0) < torch.cuda.device_count(),
+        "mps": lambda: torch.backends.mps.is_available(),
+        "xpu": lambda: hasattr(torch, "xpu") and torch.xpu.is_available(),
+    }
+    if dev.type not in available:
+        raise ValueError(f"device {device!r} cannot run a model here; use auto, cpu, cuda, cuda:N or mps")
+    if not available[dev.type]():
+        why = ("this torch build has no CUDA support" if dev.type == "cuda" and not torch.backends.cuda.is_built()
+               else "no such device is visible")
+        raise ValueError(f"device {device!r} is not available ({why}); use --device cpu or auto")
+    return dev
 
 
 def _dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
@@ -74,20 +154,15 @@ def _dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype
 
 
 def to_pil(image):
-    """A path, PIL image or numpy array (HxW, HxWx3/4; uint8, or float in [0, 1]) as RGB PIL."""
+    """A path, PIL image or numpy array as 8-bit RGB PIL, by the rules of :mod:`deqa.images`."""
     from PIL import Image
 
     if isinstance(image, (str, Path)):
-        with Image.open(image) as im:
-            im.load()
-            return im.convert("RGB")
+        return load_image(image)
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
+        return to_rgb(image)
     if isinstance(image, np.ndarray):
-        arr = image
-        if arr.dtype != np.uint8:
-            arr = (np.clip(arr.astype(np.float64), 0, 1) * 255 + 0.5).astype(np.uint8)
-        return Image.fromarray(arr).convert("RGB")
+        return array_to_rgb(image)
     raise TypeError(f"cannot score an object of type {type(image).__name__}; pass a path, PIL image or numpy array")
 
 
@@ -107,11 +182,20 @@ def find_base(model_dir: Path, base: str | Path | None) -> Path:
     raise FileNotFoundError(f"the base model {base!r} of adapter {model_dir} was not found; pass its path (--base)")
 
 
+def _load_error(path: Path, exc: Exception) -> ModelLoadError:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if "safetensors" in type(exc).__module__.lower() or "deserializing" in text:
+        text = f"a .safetensors file is truncated or corrupt ({text})"
+    elif isinstance(exc, json.JSONDecodeError):
+        text = f"a JSON file of the model is not valid JSON ({text})"
+    return ModelLoadError(f"cannot load the model {display_path(path)}: {text}")
+
+
 class Scorer:
     """A trained DeQA model ready to score images in batches."""
 
     def __init__(self, model, processor, device: torch.device, batch_size: int = 32):
-        self.model, self.processor, self.device = model.eval(), processor, device
+        self.model, self.processor, self.device = model.eval(), processor, torch.device(device)
         self.conversation = Conversation(processor)
         self.conversation.tokenizer.padding_side = "right"
         self.batch_size = batch_size
@@ -120,167 +204,397 @@ class Scorer:
     def from_pretrained(cls, path: str | Path = "models/deqa", *, base: str | Path | None = None,
                         device: str | None = None, dtype: str | torch.dtype | None = None,
                         batch_size: int = 32, trust_remote_code: bool = False) -> "Scorer":
-        """Load an adapter directory (with its base) or a merged/standalone checkpoint."""
+        """Load an adapter directory (with its base) or a merged/standalone checkpoint.
+
+        Every failure is a :class:`ModelLoadError` (a ``ValueError``) naming the folder and the reason.
+        """
         path = Path(path)
         if not path.is_dir():
-            raise FileNotFoundError(f"model directory {path} does not exist (train one with `dvc repro`)")
-        dev = _device(device)
-        dt = _dtype(dtype, dev)
-        processor = load_processor(path, trust_remote_code=trust_remote_code)
-        if (path / "adapter_config.json").exists():
-            from peft import PeftModel
+            raise ModelLoadError(f"model directory {display_path(path)} does not exist (train one with `dvc repro`)")
+        try:
+            dev = resolve_device(device)
+            dt = _dtype(dtype, dev)
+        except ValueError as exc:
+            raise ModelLoadError(str(exc)) from None
+        try:
+            processor = load_processor(path, trust_remote_code=trust_remote_code)
+            if (path / "adapter_config.json").exists():
+                from peft import PeftModel
 
-            base_model = load_model(find_base(path, base), dtype=dt, trust_remote_code=trust_remote_code)
-            model = PeftModel.from_pretrained(base_model, path)
-        else:
-            model = load_model(path, dtype=dt, trust_remote_code=trust_remote_code)
-        model.to(dev)
+                base_model = load_model(find_base(path, base), dtype=dt, trust_remote_code=trust_remote_code)
+                model = PeftModel.from_pretrained(base_model, path)
+            else:
+                model = load_model(path, dtype=dt, trust_remote_code=trust_remote_code)
+            model.to(dev)
+        except (KeyboardInterrupt, MemoryError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - loaders raise many types; all become one clear error
+            raise _load_error(path, exc) from exc
+        log.info("loaded %s on %s (%s)", display_path(path), dev, str(dt).replace("torch.", ""))
         return cls(model, processor, dev, batch_size=batch_size)
 
-    @torch.no_grad()
-    def score_batch(self, images: list) -> ScoreResult:
-        """Score one batch of PIL images (no splitting)."""
+    # -- one batch: encode (CPU, may run in the background) and forward (the model) ---------------
+    def encode(self, images: list) -> tuple[dict, torch.Tensor]:
+        """Processor inputs and level positions for RGB PIL images (no model call)."""
         conv = self.conversation
         enc = self.processor(text=[conv.scoring_text()] * len(images), images=images, padding=True,
                              return_tensors="pt")
         pos = conv.level_positions(enc["input_ids"], enc["attention_mask"])
+        return dict(enc), pos
+
+    @torch.no_grad()
+    def forward(self, enc: dict, pos: torch.Tensor) -> ScoreResult:
+        """Run the model on encoded inputs and read the level probabilities, score and std."""
         enc = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in enc.items()}
         if "pixel_values" in enc and enc["pixel_values"].is_floating_point():
             enc["pixel_values"] = enc["pixel_values"].to(self.model.dtype)
-        probs, mu, sigma = read_scores(self.model(**enc).logits, pos, conv.level_ids)
-        return ScoreResult(mu.cpu().numpy(), sigma.cpu().numpy(), probs.cpu().numpy())
+        probs, mu, sigma = read_scores(self.model(**enc).logits, pos, self.conversation.level_ids)
+        return ScoreResult(mu.float().cpu().numpy(), sigma.float().cpu().numpy(), probs.float().cpu().numpy())
 
-    def score(self, images, batch_size: int | None = None, progress: bool | None = None) -> ScoreResult:
-        """Score paths, PIL images or numpy arrays; returns means, stds and level probabilities."""
+    def score_batch(self, images: list) -> ScoreResult:
+        """Score one batch of images (paths, PIL or arrays; no splitting, no error tolerance)."""
+        return self.forward(*self.encode([to_pil(im) for im in images]))
+
+    def _prepare(self, items: list) -> tuple[dict | None, torch.Tensor | None, list[int], dict[int, str]]:
+        """Read and encode one batch: (inputs, positions, positions read, position -> reason)."""
+        images, ok, errors = [], [], {}
+        for j, item in enumerate(items):
+            try:
+                images.append(to_pil(item))
+                ok.append(j)
+            except ImageLoadError as exc:
+                errors[j] = exc.reason
+            except (TypeError, ValueError) as exc:
+                errors[j] = str(exc)
+        if not images:
+            return None, None, ok, errors
+        enc, pos = self.encode(images)
+        return enc, pos, ok, errors
+
+    # -- streaming ----------------------------------------------------------------------------
+    def iter_score(self, images: Iterable, batch_size: int | None = None, names: list[str] | None = None,
+                   decoder: str = "thread", prefetch: int = 2) -> Iterator[ScoredBatch]:
+        """Score ``images`` batch by batch, yielding a :class:`ScoredBatch` as each one is done.
+
+        ``names`` label the inputs in the records (default: the path, or the input's index).
+        ``decoder``: ``thread`` (default) reads and encodes the next batches in a background
+        thread, ``process`` in one ``DataLoader`` worker process, ``none`` inline. At most
+        ``prefetch`` encoded batches wait ahead of the model.
+        """
+        if decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
+        items = [images] if isinstance(images, (str, Path, np.ndarray)) else list(images)
+        bs = max(1, int(batch_size or self.batch_size))
+        if names is None:
+            names = [display_path(x) if isinstance(x, (str, Path)) else str(i) for i, x in enumerate(items)]
+        starts = list(range(0, len(items), bs))
+        prepare = _BatchPreparer(self, items, starts, bs)
+        if decoder == "thread":
+            batches = _in_thread(prepare, len(starts), prefetch)
+        elif decoder == "process":
+            batches = _in_process(prepare, prefetch)
+        else:
+            batches = (prepare[i] for i in range(len(starts)))
+        for start, (enc, pos, ok, errors) in zip(starts, batches):
+            result = self.forward(enc, pos) if enc is not None else ScoreResult.concat([])
+            yield ScoredBatch(start, names[start:start + bs], ok, result, errors)
+
+    def score(self, images, batch_size: int | None = None, progress: bool | None = None,
+              decoder: str = "thread") -> ScoreResult:
+        """Score paths, PIL images or numpy arrays; returns means, stds and level probabilities.
+
+        Raises :class:`deqa.images.ImageLoadError` for the first input that cannot be read (use
+        :meth:`iter_score` to score the rest and collect the failures).
+        """
         from tqdm.auto import tqdm
 
-        images = list(images) if not isinstance(images, (str, Path, np.ndarray)) else [images]
-        bs = batch_size or self.batch_size
-        show = progress if progress is not None else len(images) > 16
+        items = [images] if isinstance(images, (str, Path, np.ndarray)) else list(images)
+        show = progress if progress is not None else len(items) > 16
         parts = []
-        with tqdm(total=len(images), desc="score", unit="img", disable=not show, file=sys.stderr) as bar:
-            for start in range(0, len(images), bs):
-                chunk = [to_pil(im) for im in images[start:start + bs]]
-                parts.append(self.score_batch(chunk))
-                bar.update(len(chunk))
-        if not parts:
-            return ScoreResult(np.zeros(0), np.zeros(0), np.zeros((0, 5)))
-        return ScoreResult(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("mean", "std", "probs")))
+        with tqdm(total=len(items), desc="score", unit="img", disable=not show, file=sys.stderr) as bar:
+            for batch in self.iter_score(items, batch_size, decoder=decoder):
+                if batch.errors:
+                    j, reason = min(batch.errors.items())
+                    raise ImageLoadError(batch.names[j], reason)
+                parts.append(batch.result)
+                bar.update(len(batch.names))
+        return ScoreResult.concat(parts)
+
+
+class _BatchPreparer(torch.utils.data.Dataset):
+    """Batch ``i`` of the inputs, read and encoded (a map-style dataset for the process decoder)."""
+
+    def __init__(self, scorer: Scorer, items: list, starts: list[int], batch_size: int):
+        self.scorer, self.items, self.starts, self.bs = scorer, items, starts, batch_size
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, i: int):
+        start = self.starts[i]
+        return self.scorer._prepare(self.items[start:start + self.bs])
+
+
+def _in_thread(produce, n: int, depth: int) -> Iterator:
+    """``produce[0..n-1]`` computed in a daemon thread, at most ``depth`` results ahead, in order.
+
+    An exception in the thread is re-raised here; closing the generator stops the thread.
+    """
+    results: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def put(item) -> None:
+        while not stop.is_set():
+            try:
+                results.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def work() -> None:
+        try:
+            for i in range(n):
+                if stop.is_set():
+                    return
+                put(("ok", produce[i]))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
+            put(("error", exc))
+        put(("end", None))
+
+    thread = threading.Thread(target=work, name="deqa-decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, item = results.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
+def _in_process(dataset: _BatchPreparer, depth: int) -> Iterator:
+    """The batches of ``dataset`` from one ``DataLoader`` worker process, ``depth`` ahead."""
+    from torch.utils.data import DataLoader
+
+    if len(dataset) == 0:
+        return iter(())
+    loader = DataLoader(dataset, batch_size=None, num_workers=1, prefetch_factor=max(1, depth),
+                        collate_fn=lambda x: x, multiprocessing_context="fork")
+    return iter(loader)
 
 
 # ---------------------------------------------------------------------------------------------
-# the `deqa score` command
+# inputs: files, folders, globs and path lists -> path strings (nothing is decoded here)
 # ---------------------------------------------------------------------------------------------
 def expand_inputs(inputs: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
-    """Files, folders (recursively, image extensions), globs and CSV/text lists -> paths, errors."""
-    paths, errors = [], []
+    """Files, folders (recursively, image extensions), globs and CSV/text lists -> paths, errors.
+
+    Every entry of a folder with an image extension is listed, symlink loops and dangling links
+    included, so that scoring reports them instead of dropping them; symlinked folders are
+    followed once (a folder loop is not walked twice). ``errors`` are ``(input, reason)``.
+    """
+    paths: list[str] = []
+    errors: list[tuple[str, str]] = []
     for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            found = sorted(str(f) for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
-            if not found:
+        item = os.fspath(item)
+        try:
+            st = os.stat(item)
+        except (OSError, ValueError) as exc:
+            if isinstance(exc, FileNotFoundError) and any(ch in item for ch in "*?["):
+                found = sorted(f for f in glob.glob(item, recursive=True) if os.path.isfile(f))
+                paths += found
+                if not found:
+                    errors.append((item, "pattern matched no files"))
+            elif isinstance(exc, FileNotFoundError) and os.path.islink(item):
+                errors.append((item, "broken symlink (its target does not exist)"))
+            else:
+                errors.append((item, error_reason(exc, item)))
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            found, errs = _walk_images(item)
+            paths += found
+            errors += errs
+            if not found and not errs:
                 errors.append((item, "folder holds no image files"))
-            paths += found
-        elif p.suffix.lower() in (".csv", ".txt") and p.is_file():
-            paths += _read_list(p)
-        elif p.exists():
-            paths.append(str(p))
-        elif any(ch in item for ch in "*?["):
-            found = sorted(f for f in glob.glob(item, recursive=True) if Path(f).is_file())
-            if not found:
-                errors.append((item, "pattern matched no files"))
-            paths += found
+        elif Path(item).suffix.lower() in (".csv", ".txt"):
+            try:
+                paths += read_path_list(item)
+            except (OSError, ValueError) as exc:
+                errors.append((item, f"cannot read the list: {error_reason(exc, item)}"))
         else:
-            errors.append((item, "no such file or directory"))
+            paths.append(item)
     return paths, errors
 
 
-def _read_list(path: Path) -> list[str]:
-    text = path.read_text()
-    if path.suffix.lower() == ".txt":
-        return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
-    rows = list(csv.reader(io.StringIO(text)))
-    if not rows:
-        return []
-    header = [h.strip().lower() for h in rows[0]]
-    col = next((header.index(c) for c in ("path", "image", "file", "filename") if c in header), None)
-    body = rows[1:] if col is not None else rows
-    col = col or 0
-    base = path.parent
+def _walk_images(folder: str) -> tuple[list[str], list[tuple[str, str]]]:
+    found, errors, seen = [], [], set()
+
+    def onerror(exc: OSError) -> None:
+        errors.append((exc.filename or folder, f"folder not readable: {error_reason(exc, exc.filename)}"))
+
+    for top, dirs, files in os.walk(folder, onerror=onerror, followlinks=True):
+        try:
+            st = os.stat(top)
+            key = (st.st_dev, st.st_ino)
+        except OSError:
+            key = None
+        if key in seen:
+            dirs[:] = []
+            continue
+        seen.add(key)
+        found += [os.path.join(top, f) for f in files if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS]
+    return sorted(found), errors
+
+
+def _decode_text(path: str) -> tuple[str, bool]:
+    """The file's text: UTF-8 (BOM allowed), else Latin-1 with a warning; (text, was_latin1)."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig"), False
+    except UnicodeDecodeError:
+        log.warning("%s is not UTF-8; read it as Latin-1", display_path(path))
+        return data.decode("latin-1"), True
+
+
+def read_path_list(path: str) -> list[str]:
+    """Image paths from a ``.txt`` list (one per line, ``#`` comments) or a ``.csv`` list.
+
+    A CSV's path column is ``path``, ``image``, ``file`` or ``filename`` (else the first column,
+    and then the first row is data). Relative paths are taken from the current folder when they
+    exist there, else from the list's folder. A list that is not UTF-8 is read as Latin-1; each
+    entry then also matches a file whose on-disk name has the same bytes.
+    """
+    text, latin1 = _decode_text(path)
+    if Path(path).suffix.lower() == ".txt":
+        entries = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    else:
+        rows = list(csv.reader(io.StringIO(text)))
+        if not rows:
+            return []
+        header = [h.strip().lower() for h in rows[0]]
+        col = next((header.index(c) for c in ("path", "image", "file", "filename") if c in header), None)
+        body = rows[1:] if col is not None else rows
+        col = col or 0
+        entries = [r[col].strip() for r in body if len(r) > col and r[col].strip()]
+    base = os.path.dirname(path)
     out = []
-    for r in body:
-        if len(r) > col and r[col].strip():
-            f = Path(r[col].strip())
-            out.append(str(f if f.is_absolute() or f.exists() else base / f))
+    for entry in entries:
+        variants = [entry]
+        if latin1 and os.fsdecode(entry.encode("latin-1")) != entry:
+            variants.append(os.fsdecode(entry.encode("latin-1")))  # the same bytes as an on-disk name
+        candidates = [c for v in variants for c in ((v,) if os.path.isabs(v) else (v, os.path.join(base, v)))]
+        fallback = entry if os.path.isabs(entry) else os.path.join(base, entry)
+        out.append(next((c for c in candidates if os.path.lexists(c)), fallback))
     return out
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.description = (
-        "Score images with a trained DeQA model. Prints one row per image: path, score (1-5), "
-        "predicted std and the five level probabilities (bad..excellent). Exit codes: 0 every image "
-        "scored; 1 some images could not be read (reported on stderr and in the output's error "
-        "column), the rest scored; 2 nothing scored (no inputs, all unreadable, or the model failed to load)."
-    )
-    p.add_argument("paths", nargs="+", metavar="PATH",
-                   help="image files, folders (searched recursively), glob patterns, or CSV/text lists of paths")
-    p.add_argument("--model", default="models/deqa",
-                   help="trained model: an adapter folder or a merged checkpoint (default: models/deqa)")
-    p.add_argument("--base", default=None, help="base checkpoint of an adapter (default: from its deqa_model.json)")
-    p.add_argument("--format", choices=["csv", "json"], default=None,
-                   help="output format (default: from --output's extension, else csv)")
-    p.add_argument("--output", "-o", default=None, help="write here instead of stdout")
-    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: 16)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default: auto)")
-    p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's own Python code")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+# ---------------------------------------------------------------------------------------------
+# outputs: rows appended batch by batch, resumable
+# ---------------------------------------------------------------------------------------------
+def output_format(path: str | None, fmt: str | None) -> str:
+    """``csv``, ``json`` or ``jsonl``: ``fmt`` if given, else from the file's extension, else csv."""
+    if fmt:
+        return fmt
+    suffix = Path(path).suffix.lower() if path else ""
+    return {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl"}.get(suffix, "csv")
 
 
-def run(args: argparse.Namespace) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.batch_size < 1:
-        print("error: --batch-size must be at least 1", file=sys.stderr)
-        return EXIT_FAILED
-    paths, errors = expand_inputs(args.paths)
+def read_results(path: str | Path, fmt: str) -> list[dict]:
+    """The rows of an existing (possibly interrupted) output file; unparseable tails are dropped."""
+    text = Path(path).read_text(encoding="utf-8", errors="replace")
+    if fmt == "csv":
+        if text and not text.endswith("\n"):
+            text = text[: text.rfind("\n") + 1]  # a row cut off mid-write
+        rows = list(csv.DictReader(io.StringIO(text)))
+        return [{k: v for k, v in r.items() if k in FIELDS and v not in (None, "")} for r in rows]
+    rows = []
+    for line in text.splitlines():
+        line = line.strip().lstrip("[").rstrip("]").rstrip(",").strip()
+        if line.startswith("{"):
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+def _is_scored(row: dict) -> bool:
     try:
-        scorer = Scorer.from_pretrained(args.model, base=args.base, device=args.device, dtype=args.dtype,
-                                        batch_size=args.batch_size, trust_remote_code=args.trust_remote_code)
-    except (FileNotFoundError, ValueError, OSError) as exc:
-        print(f"error: cannot load the model: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    ok_paths, images = [], []
-    for p in paths:
-        try:
-            images.append(to_pil(p))
-            ok_paths.append(p)
-        except Exception as exc:  # noqa: BLE001 - every unreadable file is reported, none stops the run
-            errors.append((p, f"{type(exc).__name__}: {exc}"))
-    result = scorer.score(images, progress=False if args.no_progress else None)
-    records = result.records(ok_paths) + [{"path": p, "error": reason} for p, reason in errors]
-    for p, reason in errors:
-        print(f"warning: {p}: {reason}", file=sys.stderr)
-    fmt = args.format or ("json" if args.output and args.output.endswith(".json") else "csv")
-    text = _render(records, fmt)
-    if args.output:
-        Path(args.output).write_text(text)
-    else:
-        sys.stdout.write(text)
-    if not ok_paths:
-        print("error: no image could be scored", file=sys.stderr)
-        return EXIT_FAILED
-    return EXIT_PARTIAL if errors else EXIT_OK
+        return not row.get("error") and np.isfinite(float(row.get("score", "nan")))
+    except (TypeError, ValueError):
+        return False
 
 
-def _render(records: list[dict], fmt: str) -> str:
-    if fmt == "json":
-        return json.dumps(records, indent=2) + "\n"
-    fields = ["path", "score", "std", *[f"p_{lv}" for lv in LEVELS], "error"]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
-    w.writeheader()
-    for r in records:
-        w.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in r.items()})
-    return buf.getvalue()
+class ResultWriter:
+    """Write score rows to a file (or a stream) as they come: CSV, a JSON array, or JSON Lines.
+
+    Each :meth:`write` appends its rows and flushes, so an interrupted run keeps every finished
+    batch. The JSON array is written one object per line between ``[`` and ``]``; :meth:`close`
+    writes the ``]`` (also on Ctrl-C), and :func:`read_results` reads an unterminated one.
+    ``resume=True`` keeps the scored rows of an existing file (``done`` holds their paths) and
+    drops its error rows, which are tried again.
+    """
+
+    def __init__(self, target: str | Path | None, fmt: str = "csv", resume: bool = False):
+        if fmt not in ("csv", "json", "jsonl"):
+            raise ValueError(f"unknown output format {fmt!r}; use csv, json or jsonl")
+        self.fmt, self.count, self.done = fmt, 0, set()
+        self.path = Path(target) if target is not None else None
+        kept = []
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if resume and self.path.is_file():
+                kept = [r for r in read_results(self.path, fmt) if _is_scored(r)]
+                self.done = {r["path"] for r in kept}
+            # the kept rows go to a new file that replaces the old one only once it is complete
+            partial = self.path.with_name(self.path.name + ".partial")
+            self.stream = open(partial, "w", encoding="utf-8", newline="")
+        else:
+            self.stream = sys.stdout
+        self._start()
+        self.write(kept)
+        self.resumed = len(kept)
+        if self.path is not None:
+            self.stream.close()
+            os.replace(partial, self.path)
+            self.stream = open(self.path, "a", encoding="utf-8", newline="")
+            if fmt == "csv":
+                self.csv = csv.DictWriter(self.stream, fieldnames=FIELDS, lineterminator="\n")
+
+    def _start(self) -> None:
+        if self.fmt == "csv":
+            self.csv = csv.DictWriter(self.stream, fieldnames=FIELDS, lineterminator="\n")
+            self.csv.writeheader()
+        elif self.fmt == "json":
+            self.stream.write("[")
+
+    def write(self, records: list[dict]) -> None:
+        for r in records:
+            if self.fmt == "csv":
+                self.csv.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in r.items()})
+            else:
+                line = json.dumps({k: (float(v) if k in FIELDS[1:-1] else v) for k, v in r.items()})
+                sep = ("\n" if self.count == 0 else ",\n") if self.fmt == "json" else ""
+                self.stream.write(sep + line + ("\n" if self.fmt == "jsonl" else ""))
+            self.count += 1
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.stream is None:
+            return
+        if self.fmt == "json":
+            self.stream.write("\n]\n" if self.count else "]\n")
+        self.stream.flush()
+        if self.stream is not sys.stdout:
+            self.stream.close()
+        self.stream = None
+
+    def __enter__(self) -> "ResultWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -6,7 +6,13 @@ The manifest (see :mod:`deqa.schema`) is checked in two steps:
    need the file system and Pillow: path containment (no absolute path, no ``..``, no symlink
    that leaves the data root), existence, zero size, Pillow identify/verify/load (truncation),
    width/height and pixel count (a decompression-bomb guard: Pillow's ``MAX_IMAGE_PIXELS`` is set
-   to ``max_pixels`` and its bomb error/warning is caught), and a content hash for split leakage.
+   to ``max_pixels`` and its bomb error/warning is caught), a content hash for split leakage, and
+   whether the image converts to 8-bit RGB faithfully (:func:`deqa.images.conversion_issues`).
+   No row can abort the run: a NUL byte, an over-long name, a symlink loop or any decoder error
+   is that row's reason. Rows imported with ``annotate=True`` (:mod:`deqa.importers`) also carry
+   ``_line`` (the quarantine file and messages name it), ``_line_error`` (a CSV row with the
+   wrong number of fields: expectation ``row_parses``) and ``_text_<col>`` (the text of a value
+   that is not a number: reported as ``mos '4,5' is not a number`` and kept in the quarantine file).
 2. **The suite** (:func:`build_suite`) asserts every invariant with GX expectations on that frame:
    required columns, row count, non-empty splits (table level); types, non-null values, MOS finite
    and within ``[lo, hi]``, ``lo < hi``, std >= 0 and within the scale, vote counts consistent with
@@ -21,13 +27,12 @@ or required columns are missing. ``rows_in == kept + quarantined`` always holds.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import logging
 import os
 import re
-import sys
+import stat
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -37,6 +42,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from deqa.images import conversion_issues, display_path, error_reason
 from deqa.schema import MANIFEST_COLUMNS, SPLITS, VOTE_COLUMNS
 
 NUMERIC_COLUMNS = ["mos", "std", "n_votes", "lo", "hi"]
@@ -51,38 +57,57 @@ _BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
 
 
 def check_path(image: Any, root: Any, _cache: dict | None = None) -> tuple[str, Path | None]:
-    """``("ok", resolved path)`` or ``(reason, None)`` for the containment of ``root/image``."""
+    """``("ok", resolved path)`` or ``(reason, None)`` for the containment of ``root/image``.
+
+    Never raises: a NUL byte, an over-long name or a symlink loop is a reason, not an exception.
+    """
     if not isinstance(image, str) or not image.strip():
         return "empty image path", None
     if not isinstance(root, str):
         return "empty data root", None
+    for what, text in (("image path", image), ("data root", root)):
+        if "\0" in text:
+            return f"the {what} {display_path(text)!r} contains a NUL byte", None
     if image.startswith(("/", "\\")) or os.path.isabs(image) or re.match(r"^[A-Za-z]:[\\/]", image):
         return f"absolute path {image!r} (must be relative to the data root)", None
     if ".." in PurePosixPath(image.replace("\\", "/")).parts:
         return f"path traversal: {image!r} contains '..'", None
     cache = _cache if _cache is not None else {}
-    if root not in cache:
-        cache[root] = Path(root or ".").resolve()
-    root_res = cache[root]
-    full = (root_res / image).resolve()
+    try:
+        if root not in cache:
+            cache[root] = Path(os.path.realpath(root or "."))
+        root_res = cache[root]
+        full = Path(os.path.realpath(root_res / image))  # never raises on loops or long names
+    except (OSError, ValueError) as exc:
+        return f"cannot resolve the path: {error_reason(exc, image)}", None
     if not full.is_relative_to(root_res):
         return f"symlink escapes the data root: {image!r} resolves to {full}", None
     return "ok", full
 
 
 def check_image(path: Path, min_side: int, max_pixels: int) -> dict:
-    """Open, verify and fully decode one image file; returns the facts the suite asserts."""
-    facts = {"_file_check": "ok", "_width": np.nan, "_height": np.nan, "_pixels": np.nan, "_sha1": None}
-    if not path.exists():
-        facts["_file_check"] = "file missing" + (" (broken symlink)" if path.is_symlink() else "")
+    """Open, verify and fully decode one image file; returns the facts the suite asserts.
+
+    Never raises. ``_convert_check`` is ``"ok"`` or why the image cannot be converted to 8-bit
+    RGB faithfully (:func:`deqa.images.conversion_issues`); None when it did not decode.
+    """
+    facts = {"_file_check": "ok", "_width": np.nan, "_height": np.nan, "_pixels": np.nan, "_sha1": None,
+             "_convert_check": None}
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            facts["_file_check"] = "file missing" + (" (broken symlink)" if os.path.islink(path) else "")
+        else:
+            facts["_file_check"] = f"unreadable: {error_reason(exc, path)}"
         return facts
-    if not path.is_file():
+    if not stat.S_ISREG(st.st_mode):
         facts["_file_check"] = "not a regular file"
         return facts
     try:
         data = path.read_bytes()
     except OSError as exc:
-        facts["_file_check"] = f"unreadable: {exc.strerror or exc}"
+        facts["_file_check"] = f"unreadable: {error_reason(exc, path)}"
         return facts
     if not data:
         facts["_file_check"] = "zero-byte file"
@@ -97,6 +122,7 @@ def check_image(path: Path, min_side: int, max_pixels: int) -> dict:
                 im.verify()
             with Image.open(io.BytesIO(data)) as im:
                 im.load()
+                facts["_convert_check"] = "; ".join(conversion_issues(im)) or "ok"
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         m = _BOMB_PIXELS.search(str(exc))
         if m:
@@ -104,8 +130,10 @@ def check_image(path: Path, min_side: int, max_pixels: int) -> dict:
         facts["_file_check"] = f"not decoded (decompression-bomb guard): {exc}"
     except Image.UnidentifiedImageError:
         facts["_file_check"] = "not an image: Pillow cannot identify the file format"
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        text = str(exc)
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - decoders raise many types; each is a row's reason
+        text = " ".join(str(exc).split()) or type(exc).__name__
         kind = "truncated image" if "truncated" in text.lower() else "decode error"
         facts["_file_check"] = f"{kind}: {text}"
     return facts
@@ -124,18 +152,20 @@ def file_facts(df: pd.DataFrame, min_side: int, max_pixels: int, progress: bool 
         roots = df["root"] if "root" in df.columns else pd.Series([""] * len(df))
         for image, root in tqdm(zip(images, roots), total=len(df), desc="checking images",
                                 unit="img", disable=not progress, mininterval=1.0):
-            status, path = check_path(image, root, cache)
-            if path is None:
-                facts = {"_file_check": "not checked (unsafe path)", "_width": np.nan,
-                         "_height": np.nan, "_pixels": np.nan, "_sha1": None}
-            else:
-                facts = check_image(path, min_side, max_pixels)
+            try:
+                status, path = check_path(image, root, cache)
+                facts = check_image(path, min_side, max_pixels) if path is not None else None
+            except Exception as exc:  # noqa: BLE001 - one row's failure never aborts the run
+                status, path, facts = f"cannot check the path: {type(exc).__name__}: {exc}", None, None
+            if facts is None:
+                facts = {"_file_check": "not checked (unsafe path)", "_width": np.nan, "_height": np.nan,
+                         "_pixels": np.nan, "_sha1": None, "_convert_check": None}
             facts["_path_check"] = status
             rows.append(facts)
     finally:
         Image.MAX_IMAGE_PIXELS = old
     out = pd.DataFrame(rows, index=df.index, columns=["_path_check", "_file_check", "_width",
-                                                       "_height", "_pixels", "_sha1"])
+                                                       "_height", "_pixels", "_sha1", "_convert_check"])
     out["_min_side"] = np.fmin(out["_width"].astype(float), out["_height"].astype(float))
     return out
 
@@ -170,7 +200,11 @@ def build_frame(df: pd.DataFrame, min_side: int, max_pixels: int, progress: bool
             frame[col] = frame[col].astype(object).where(frame[col].notna(), None)
     for col in NUMERIC_COLUMNS + VOTE_COLUMNS:
         if col in frame.columns:
-            frame[col] = frame[col].astype(object).map(_number_or_text).astype(object)
+            values = frame[col].astype(object)
+            text = f"_text_{col}"
+            if text in frame.columns:  # the importer's record of a value that is not a number
+                values = frame[text].astype(object).where(frame[text].notna() & (frame[text] != ""), values)
+            frame[col] = values.map(_number_or_text).astype(object)
     num = {c: (_numeric(frame[c]) if c in frame.columns else pd.Series(np.nan, index=frame.index))
            for c in NUMERIC_COLUMNS + VOTE_COLUMNS}
     for c in NUMERIC_COLUMNS:
@@ -244,14 +278,18 @@ def build_suite(cfg, columns: list[str], required_splits: list[str]) -> list[Che
         checks.append(Check("splits_not_empty", E.ExpectColumnDistinctValuesToContainSet(
             column="split", value_set=list(required_splits)), "table",
             f"no empty split: {', '.join(required_splits)} each have rows", needs=["split"]))
+    if "_line_error" in columns:  # rows of a CSV read by deqa.importers with annotate=True
+        checks.append(Check("row_parses", E.ExpectColumnValuesToBeInSet(column="_line_error", value_set=[""]),
+                            "row", "the row has as many fields as the header", "_line_error",
+                            lambda v, r: str(v), needs=["_line_error"]))
     for col in TEXT_COLUMNS:
         checks.append(Check(f"type_{col}", E.ExpectColumnValuesToBeInTypeList(column=col, type_list=["str"]),
-                            "row", f"{col} is text", col, lambda v, r, c=col: f"{c}={v!r} is not text",
+                            "row", f"{col} is text", col, lambda v, r, c=col: f"{c} {v!r} is not text",
                             needs=[col]))
     for col in NUMERIC_COLUMNS:
         checks.append(Check(f"type_{col}", E.ExpectColumnValuesToBeInTypeList(column=col, type_list=NUMBER_TYPES),
                             "row", f"{col} is a number", col,
-                            lambda v, r, c=col: f"{c}={v!r} is not a number", needs=[col]))
+                            lambda v, r, c=col: f"{c} {v!r} is not a number", needs=[col]))
     for col in ["image", "root", "dataset", "split", "mos", "lo", "hi"]:
         checks.append(Check(f"not_null_{col}", E.ExpectColumnValuesToNotBeNull(column=col), "row",
                             f"{col} present", col,
@@ -273,7 +311,7 @@ def build_suite(cfg, columns: list[str], required_splits: list[str]) -> list[Che
               needs=["mos", "lo", "hi"]),
         Check("std_non_negative", E.ExpectColumnValuesToBeBetween(column="_std", min_value=0), "row",
               "std >= 0 where present", "_std", lambda v, r: f"std={v} is negative", needs=["std"]),
-        Check("std_in_scale", E.ExpectColumnValuesToBeBetween(column="_std_norm", min_value=0, max_value=4),
+        Check("std_in_scale", E.ExpectColumnValuesToBeBetween(column="_std_norm", max_value=4),
               "row", "std finite and at most the scale's span hi - lo", "_std",
               lambda v, r: (f"std={v} is not finite" if not np.isfinite(v) else
                             f"std={v} exceeds the scale's span hi - lo = {r['_span']}"),
@@ -305,6 +343,9 @@ def build_suite(cfg, columns: list[str], required_splits: list[str]) -> list[Che
         Check("file_decodes", E.ExpectColumnValuesToBeInSet(column="_file_check", value_set=["ok"]), "row",
               "file exists, is not empty, and decodes completely with Pillow", "_file_check",
               lambda v, r: str(v), needs=["image", "root"]),
+        Check("file_converts", E.ExpectColumnValuesToBeInSet(column="_convert_check", value_set=["ok"]), "row",
+              "image converts to 8-bit RGB faithfully (float within [0, 1], one frame, known mode)",
+              "_convert_check", lambda v, r: str(v), needs=["image", "root"]),
         Check("min_side", E.ExpectColumnValuesToBeBetween(column="_min_side", min_value=cfg.min_side), "row",
               f"image at least {cfg.min_side} px on its short side", "_min_side",
               lambda v, r: f"image too small: {int(r['_width'])}x{int(r['_height'])} px "
@@ -347,6 +388,11 @@ class ValidationResult:
     quarantined: pd.DataFrame
     success: bool
     message: str
+    failed: list = field(default_factory=list)  # the report entries of the failed expectations
+
+    def failure_text(self, full_list: str | None = None) -> str:
+        """:attr:`message` with ``full_list`` (where every failing row is listed) in its hints."""
+        return failure_message(self.report, self.failed, full_list=full_list) if not self.success else ""
 
 
 def _jsonable(v: Any) -> Any:
@@ -402,7 +448,12 @@ def _evaluate(frame: pd.DataFrame, checks: list[Check], columns: list[str]) -> t
                     why = c.reason(value, row)
                 except Exception:  # a reason text must never break the report
                     why = f"{c.description}: failed ({c.column}={value!r})"
-                failing.append({"row": int(i), "image": _jsonable(row.get("image")), "reason": why})
+                image = row.get("image")
+                entry_row = {"row": int(i), "image": display_path(image) if isinstance(image, str) else _jsonable(image),
+                             "reason": why}
+                if "_line" in frame.columns and pd.notna(row.get("_line")):
+                    entry_row["line"] = int(row["_line"])
+                failing.append(entry_row)
                 reasons.setdefault(int(i), []).append(f"{c.name}: {why}")
             entry["unexpected_count"] = len(idx)
             entry["failing_rows"] = failing
@@ -435,8 +486,10 @@ def validate_manifest(df: pd.DataFrame, cfg, on_error: str | None = None,
         if col in clean.columns:
             clean[col] = _numeric(frame[col]).to_numpy()
     kept = clean.drop(index=bad_rows).reset_index(drop=True)
-    quarantined = clean.loc[bad_rows].copy()
+    quarantined = _original_values(source, out_cols).loc[bad_rows].copy()
     quarantined["reasons"] = ["; ".join(reasons[i]) for i in bad_rows]
+    if "_line" in source.columns:
+        quarantined.insert(0, "line", source.loc[bad_rows, "_line"].to_numpy())
     quarantined.insert(0, "row", bad_rows)
     quarantined = quarantined.reset_index(drop=True)
 
@@ -468,11 +521,29 @@ def validate_manifest(df: pd.DataFrame, cfg, on_error: str | None = None,
         "kept_expectations": kept_entries,
     }
     message = "" if success else failure_message(report, failed)
-    return ValidationResult(report, kept, quarantined, success, message)
+    return ValidationResult(report, kept, quarantined, success, message, failed)
 
 
-def failure_message(report: dict, failed: list[dict], examples: int = 3) -> str:
-    """A clear, traceback-free failure text: each failing expectation with example rows."""
+def _original_values(source: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """The rows as read, for the quarantine file: a value that is not a number keeps its text."""
+    out = source[columns].copy()
+    for col in NUMERIC_COLUMNS + VOTE_COLUMNS:
+        text = f"_text_{col}"
+        if col in out.columns and text in source.columns:
+            keep = source[text].notna() & (source[text].astype(str) != "")
+            out[col] = out[col].astype(object).where(~keep, source[text])
+    return out
+
+
+FULL_LIST_HINT = "the JSON report lists them all (deqa validate --report FILE; the stage: data/validate/report.json)"
+
+
+def failure_message(report: dict, failed: list[dict], examples: int = 3, full_list: str | None = None) -> str:
+    """A clear, traceback-free failure text: each failing expectation with example rows.
+
+    When an expectation has more failing rows than ``examples``, the text says how many more and
+    where all of them are (``full_list``, else :data:`FULL_LIST_HINT`).
+    """
     lines = [f"validation failed (on_error={report['on_error']}): {len(failed)} expectation(s) failed "
              f"on {report['rows_in']} rows"]
     if report["missing_columns"]:
@@ -486,14 +557,15 @@ def failure_message(report: dict, failed: list[dict], examples: int = 3) -> str:
             continue
         lines.append(f"  - {e['name']}: {e['description']} -- {e.get('unexpected_count', 0)} row(s)")
         for r in e["failing_rows"][:examples]:
-            lines.append(f"      row {r['row']} {r['image']}: {r['reason']}")
+            where = f" (line {r['line']})" if "line" in r else ""
+            lines.append(f"      row {r['row']}{where} {r['image']}: {r['reason']}")
         if len(e["failing_rows"]) > examples:
-            lines.append(f"      ... and {len(e['failing_rows']) - examples} more")
+            lines.append(f"      ... and {len(e['failing_rows']) - examples} more: {full_list or FULL_LIST_HINT}")
     return "\n".join(lines)
 
 
-def summary(result: ValidationResult) -> str:
-    """A short console summary: counts and one line per failed expectation."""
+def summary(result: ValidationResult, full_list: str | None = None) -> str:
+    """A short console summary: counts, one line per failed expectation, where the full list is."""
     r = result.report
     head = (f"validate: {r['rows_in']} rows in, {r['kept']} kept, {r['quarantined']} quarantined "
             f"(on_error={r['on_error']}) -> {'OK' if result.success else 'FAILED'}")
@@ -508,6 +580,8 @@ def summary(result: ValidationResult) -> str:
     for e in r["kept_expectations"]:
         if not e["success"]:
             lines.append(f"  FAIL (kept rows) {e['name']}: observed {e.get('observed')}")
+    if any(len(e["failing_rows"]) > 1 for e in entries):
+        lines.append(f"  every failing row with its reasons: {full_list or FULL_LIST_HINT}")
     return "\n".join(lines)
 
 
@@ -540,66 +614,3 @@ def write_outputs(result: ValidationResult, out_dir: str | Path | None = None,
         write_json(report_path, result.report)
     if metrics_path is not None:
         write_json(metrics_path, metrics(result))
-
-
-# --------------------------------------------------------------------------------------------
-# CLI: deqa validate
-# --------------------------------------------------------------------------------------------
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from deqa.config import ValidateConfig
-    from deqa.importers import FORMATS
-
-    d = ValidateConfig()
-    parser.add_argument("labels", metavar="LABELS", help="the label file to check")
-    parser.add_argument("--format", required=True, choices=[*FORMATS, "manifest"],
-                        help="the label file's format (manifest: a deqa manifest CSV)")
-    parser.add_argument("--root", default="", help="folder the image paths are relative to "
-                        "(default: the label file's folder)")
-    parser.add_argument("--on-error", choices=["fail", "quarantine"], default="fail",
-                        help="fail (default): exit 1 on any failure; quarantine: set bad rows aside")
-    parser.add_argument("--report", default=None, help="write the JSON report to this file")
-    parser.add_argument("--out", default=None, help="write manifest.csv and quarantine.csv here")
-    parser.add_argument("--name", default=None, help="dataset name (default: the format)")
-    parser.add_argument("--lo", type=float, default=None, help="scale minimum (default: observed min MOS)")
-    parser.add_argument("--hi", type=float, default=None, help="scale maximum (default: observed max MOS)")
-    parser.add_argument("--split", default="", help="force one split for every row")
-    parser.add_argument("--require-splits", default=None,
-                        help="comma-separated splits that must have rows (default: those present)")
-    parser.add_argument("--min-rows", type=int, default=d.min_rows)
-    parser.add_argument("--min-side", type=int, default=d.min_side)
-    parser.add_argument("--max-pixels", type=int, default=d.max_pixels)
-    parser.add_argument("--vote-tolerance", type=float, default=d.vote_tolerance)
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def run(args: argparse.Namespace) -> int:
-    from deqa.config import ValidateConfig
-    from deqa.importers import LabelImportError, import_labels
-
-    try:
-        if args.format == "manifest":
-            if not Path(args.labels).is_file():
-                raise LabelImportError(f"label file not found: {args.labels}")
-            df = pd.read_csv(args.labels, dtype=str, keep_default_na=False)
-        else:
-            df = import_labels(args.labels, args.format, root=args.root, name=args.name,
-                               lo=args.lo, hi=args.hi, split=args.split)
-    except LabelImportError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    cfg = ValidateConfig(on_error=args.on_error, min_rows=args.min_rows, min_side=args.min_side,
-                         max_pixels=args.max_pixels, vote_tolerance=args.vote_tolerance)
-    if args.require_splits is None:
-        present = df["split"].dropna().astype(str).unique() if "split" in df.columns else []
-        required = [s for s in SPLITS if s in set(present)]
-    else:
-        required = [s.strip() for s in args.require_splits.split(",") if s.strip()]
-    result = validate_manifest(df, cfg, required_splits=required, progress=not args.quiet)
-    write_outputs(result, args.out, args.report)
-    print(summary(result))
-    if args.report:
-        print(f"report: {args.report}")
-    if not result.success:
-        print(result.message, file=sys.stderr)
-        return 1
-    return 0
