@@ -175,3 +175,62 @@ def test_load_sources_combines_and_each_keeps_its_bounds(tmp_path):
     assert df.loc[df["dataset"] == "kadid", VOTE_COLUMNS].isna().all().all()
     with pytest.raises(LabelImportError, match="unique"):
         load_sources([sources[0], sources[0]])
+
+
+# ---------------------------------------------------------------------------------------------
+# malformed rows, encodings, original texts and provenance (issue #12)
+# ---------------------------------------------------------------------------------------------
+def test_extra_field_on_the_first_data_row_never_shifts_the_rows(tmp_path):
+    path = tmp_path / "l.csv"
+    path.write_text("image,mos,std\na.png,3,0.5,surplus\nb.png,4,0.4\nc.png,2,0.3\n")
+    with pytest.raises(LabelImportError, match=r"line 2 has 4 fields but the header has 3"):
+        import_labels(path, "generic-csv")
+    df = import_labels(path, "generic-csv", annotate=True)
+    assert df["image"].tolist() == ["a.png", "b.png", "c.png"]
+    assert df["mos"].tolist() == [3.0, 4.0, 2.0]
+    assert df["_line"].tolist() == [2, 3, 4]
+    assert df["_line_error"].tolist() == ["line 2 has 4 fields but the header has 3", "", ""]
+    # what pandas makes of the same file: the first column becomes the index, every row shifts
+    shifted = pd.read_csv(path, dtype=str)
+    assert shifted["image"].tolist() != ["a.png", "b.png", "c.png"]
+
+
+def test_numbers_that_are_not_numbers_keep_their_text_when_annotating(tmp_path):
+    path = tmp_path / "l.csv"
+    path.write_text('image,mos,std\na.png,"4,5",0.5\nb.png,3,n/a\nc.png,2,abc\n')
+    plain = import_labels(path, "generic-csv")
+    assert list(plain.columns) == MANIFEST_COLUMNS and plain["mos"].isna().tolist() == [True, False, False]
+    df = import_labels(path, "generic-csv", annotate=True)
+    texts = {c: [v if isinstance(v, str) else None for v in df[f"_text_{c}"]] for c in ("mos", "std")}
+    assert texts["mos"] == ["4,5", None, None]
+    assert texts["std"] == [None, None, "abc"]  # "n/a" is a missing value, not text
+    assert math.isnan(df["mos"][0]) and df["mos"][1] == 3.0
+
+
+def test_latin1_label_file_is_read(tmp_path):
+    path = tmp_path / "l.csv"
+    path.write_bytes("image,mos\ncafé.png,3\nthé.png,4\n".encode("latin-1"))
+    assert import_labels(path, "generic-csv")["image"].tolist() == ["café.png", "thé.png"]
+
+
+def test_empty_and_header_only_files(tmp_path):
+    empty = tmp_path / "e.csv"
+    empty.write_text("")
+    with pytest.raises(LabelImportError, match="missing: image, mos; found: \\(none\\)"):
+        import_labels(empty, "generic-csv")
+    header = tmp_path / "h.csv"
+    header.write_text("image,mos\n")
+    assert len(import_labels(header, "generic-csv")) == 0
+
+
+def test_generic_csv_and_json_pass_provenance_through(tmp_path):
+    path = tmp_path / "l.csv"
+    path.write_text("image,mos,content,distortion,severity\na.png,3,rocket,blur,2\nb.png,4,rocket,pristine,0\n")
+    df = import_labels(path, "generic-csv")
+    assert list(df.columns) == MANIFEST_COLUMNS + ["content", "distortion", "severity"]
+    assert df["distortion"].tolist() == ["blur", "pristine"] and df["severity"].tolist() == ["2", "0"]
+    sources = [SourceConfig(name="g", format="generic-csv", labels=str(path))]
+    assert "distortion" in load_sources(sources).columns
+    meta = tmp_path / "m.json"
+    meta.write_text(json.dumps([{"image": "a.png", "gt_score": 3.1, "std": 0.2, "content": "x"}]))
+    assert import_labels(meta, "deqa-json")["content"].tolist() == ["x"]

@@ -319,3 +319,134 @@ def test_cli_validate(data, tmp_path, capsys):
     assert code == 0 and len(pd.read_csv(tmp_path / "q" / "quarantine.csv")) == 1
     code = cli_main(["validate", str(tmp_path / "nope.csv"), "--format", "koniq", "--quiet"])
     assert code == 2 and "label file not found" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# hostile rows (issue #12): each is a reason of its own row, never an aborted run
+# ---------------------------------------------------------------------------------------------
+def _hostile(root: Path, case: str) -> str:
+    import os
+
+    if case == "loop":
+        os.symlink(root / "loopB.png", root / "loopA.png")
+        os.symlink(root / "loopA.png", root / "loopB.png")
+        return "loopA.png"
+    if case == "nul":
+        return "a\0b.png"
+    return "x" * 300 + ".png"
+
+
+@pytest.mark.parametrize("on_error", ["fail", "quarantine"])
+@pytest.mark.parametrize("case, reason", [
+    ("loop", "file_decodes: unreadable: symlink loop (too many levels of symbolic links)"),
+    ("nul", "path_inside_root: the image path 'a\\x00b.png' contains a NUL byte"),
+    ("long", "file_decodes: unreadable: file name too long"),
+])
+def test_loop_nul_and_long_name_are_row_reasons(data, on_error, case, reason):
+    root, df = data
+    df.loc[3, "image"] = _hostile(root, case)
+    res = run(df, on_error=on_error)
+    entries = [e for e in res.report["expectations"] if not e["success"]]
+    reasons = [f"{e['name']}: {r['reason']}" for e in entries for r in e["failing_rows"]]
+    assert reasons and reasons[0].startswith(reason)
+    assert all(r["row"] == 3 for e in entries for r in e["failing_rows"])
+    if on_error == "quarantine":
+        assert res.success and res.report["quarantined"] == 1 and len(res.kept) == N - 1
+        assert res.quarantined["reasons"][0].startswith(reason)
+    else:
+        assert not res.success and "Traceback" not in res.message and "\0" not in res.message
+
+
+def _labels_file(root: Path, tmp_path: Path, lines: list[str]) -> Path:
+    path = tmp_path / "labels.csv"
+    path.write_text("image,mos,std\n" + "\n".join(lines) + "\n")
+    return path
+
+
+def _generic_lines(n=N):
+    return [f"img{i:02d}.png,{1 + 4 * i / (n - 1):.3f},0.5" for i in range(n)]
+
+
+def _validate_cli(labels, root, out, *extra):
+    return cli_main(["validate", str(labels), "--format", "generic-csv", "--root", str(root), "--lo", "1",
+                     "--hi", "5", "--split", "train", "--on-error", "quarantine", "--out", str(out), "-q", *extra])
+
+
+def test_extra_field_on_the_first_data_row_quarantines_that_row_only(data, tmp_path, capsys):
+    root, _ = data
+    lines = _generic_lines()
+    lines[0] += ",surplus"
+    assert _validate_cli(_labels_file(root, tmp_path, lines), root, tmp_path / "q") == 0
+    q = pd.read_csv(tmp_path / "q" / "quarantine.csv")
+    assert list(q["image"]) == ["img00.png"] and list(q["line"]) == [2]
+    assert q["reasons"][0] == "row_parses: line 2 has 4 fields but the header has 3"
+    kept = pd.read_csv(tmp_path / "q" / "manifest.csv")
+    assert list(kept["image"]) == [f"img{i:02d}.png" for i in range(1, N)]
+    assert kept["mos"].tolist() == pytest.approx([1 + 4 * i / (N - 1) for i in range(1, N)], abs=1e-3)
+
+
+def test_decimal_comma_is_named_and_kept_in_the_quarantine(data, tmp_path, capsys):
+    root, _ = data
+    lines = _generic_lines()
+    lines[5] = 'img05.png,"4,5",0.5'
+    assert _validate_cli(_labels_file(root, tmp_path, lines), root, tmp_path / "q") == 0
+    q = pd.read_csv(tmp_path / "q" / "quarantine.csv", dtype=str)
+    assert q["reasons"].tolist() == ["type_mos: mos '4,5' is not a number"]
+    assert q["mos"].tolist() == ["4,5"] and q["line"].tolist() == ["7"]
+
+
+def test_negative_std_is_reported_as_negative_only(data):
+    _, df = data
+    df.loc[11, "std"] = -0.5
+    res = run(df, on_error="quarantine")
+    assert res.quarantined["reasons"].tolist() == ["std_non_negative: std=-0.5 is negative"]
+
+
+def test_screen_says_where_every_failing_row_is(data, tmp_path, capsys):
+    root, _ = data
+    lines = _generic_lines() + [f"missing{i}.png,3.0,0.5" for i in range(8)]
+    labels = _labels_file(root, tmp_path, lines)
+    report = tmp_path / "r.json"
+    code = cli_main(["validate", str(labels), "--format", "generic-csv", "--root", str(root), "-q",
+                     "--split", "train", "--report", str(report)])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "... and 5 more: the report " + str(report) in captured.err
+    assert "every failing row with its reasons: the report " + str(report) in captured.out
+    import json
+
+    listed = next(e for e in json.loads(report.read_text())["expectations"] if e["name"] == "file_decodes")
+    assert len(listed["failing_rows"]) == 8 and listed["failing_rows"][0]["line"] == 26
+    cli_main(["validate", str(labels), "--format", "generic-csv", "--root", str(root), "-q", "--split", "train"])
+    assert "rerun with --report FILE to list every row" in capsys.readouterr().err
+
+
+def test_images_that_cannot_be_converted_faithfully_are_quarantined(data):
+    tifffile = pytest.importorskip("tifffile")
+    from test_images import write_png16
+
+    root, df = data
+    tifffile.imwrite(root / "hdr.tif", np.linspace(0, 40, 24 * 32, dtype=np.float32).reshape(24, 32))
+    write_png16(root / "deep.png", np.arange(24 * 32, dtype=np.uint16).reshape(24, 32) * 80)
+    frames = [Image.fromarray(np.full((24, 32, 3), v, np.uint8)) for v in (10, 200)]
+    frames[0].save(root / "anim.gif", save_all=True, append_images=frames[1:])
+    df.loc[1, "image"], df.loc[2, "image"], df.loc[3, "image"] = "hdr.tif", "deep.png", "anim.gif"
+    res = run(df, on_error="quarantine")
+    q = res.quarantined.set_index("image")["reasons"]
+    assert q["hdr.tif"].startswith("file_converts: float image values span [0, 40], outside [0, 1]")
+    assert q["anim.gif"] == "file_converts: 2 frames; only the first would be used"
+    assert "deep.png" not in q.index  # 16-bit is converted faithfully now
+
+
+def test_manifest_format_reads_malformed_lines_as_row_reasons(data, tmp_path, capsys):
+    root, df = data
+    path = tmp_path / "manifest.csv"
+    df.to_csv(path, index=False)
+    text = path.read_text().splitlines()
+    text[4] += ",oops"
+    path.write_text("\n".join(text) + "\n")
+    code = cli_main(["validate", str(path), "--format", "manifest", "-q", "--on-error", "quarantine",
+                     "--out", str(tmp_path / "q")])
+    assert code == 0
+    q = pd.read_csv(tmp_path / "q" / "quarantine.csv")
+    assert list(q["line"]) == [5] and q["reasons"][0].startswith("row_parses: line 5 has 10 fields")

@@ -86,6 +86,21 @@ class _Formatter(logging.Formatter):
         return text
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A handler that writes to whatever ``sys.stderr`` is at the time of each record."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 _HANDLER: logging.Handler | None = None
 
 
@@ -96,14 +111,15 @@ def configure_logging(verbose: int = 0, quiet: int = 0) -> int:
     logger = logging.getLogger("deqa")
     if _HANDLER is not None:
         logger.removeHandler(_HANDLER)
-    _HANDLER = logging.StreamHandler(sys.stderr)  # the current stderr (tests replace it)
+    _HANDLER = _StderrHandler()
     _HANDLER.setFormatter(_Formatter())
     logger.addHandler(_HANDLER)
     logger.setLevel(level)
     logger.propagate = False
     # other libraries: warnings and errors (INFO with -v), on the current stderr
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, force=True,
-                        format="%(name)s: %(levelname)s: %(message)s", stream=sys.stderr)
+    root = _StderrHandler()
+    root.setFormatter(logging.Formatter("%(name)s: %(levelname)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, force=True, handlers=[root])
     for handler in logging.getLogger().handlers:  # libraries that set their own loggers to INFO
         handler.setLevel(logging.INFO if verbose else logging.WARNING)
     if not verbose:

@@ -174,8 +174,7 @@ def _texts(series) -> pd.Series:
     """The original text of each value that is present but not a number (else None)."""
     raw = pd.Series(series, dtype=object).reset_index(drop=True)
     bad = pd.to_numeric(raw, errors="coerce").isna() & raw.notna()
-    bad &= ~raw.map(lambda v: isinstance(v, float))  # a real NaN is missing, not text
-    return raw.where(bad, None).map(lambda v: None if v is None else str(v))
+    return pd.Series([str(v) if b and not isinstance(v, float) else None for v, b in zip(raw, bad)], dtype=object)
 
 
 def _posix(path: str) -> str:

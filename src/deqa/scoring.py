@@ -182,10 +182,25 @@ def find_base(model_dir: Path, base: str | Path | None) -> Path:
     raise FileNotFoundError(f"the base model {base!r} of adapter {model_dir} was not found; pass its path (--base)")
 
 
-def _load_error(path: Path, exc: Exception) -> ModelLoadError:
+def _corrupt_safetensors(folder: Path) -> Path | None:
+    """The first ``*.safetensors`` file in ``folder`` whose header cannot be read, if any."""
+    from safetensors import safe_open
+
+    for f in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(f), framework="pt") as st:
+                st.keys()
+        except Exception:  # noqa: BLE001 - any failure to read the header marks the file
+            return f
+    return None
+
+
+def _load_error(path: Path, exc: Exception, base: Path | None = None) -> ModelLoadError:
     text = " ".join(str(exc).split()) or type(exc).__name__
     if "safetensors" in type(exc).__module__.lower() or "deserializing" in text:
-        text = f"a .safetensors file is truncated or corrupt ({text})"
+        bad = next((f for f in (_corrupt_safetensors(d) for d in (path, base) if d) if f), None)
+        what = display_path(bad) if bad else "a .safetensors file"
+        text = f"{what} is truncated or corrupt ({text})"
     elif isinstance(exc, json.JSONDecodeError):
         text = f"a JSON file of the model is not valid JSON ({text})"
     return ModelLoadError(f"cannot load the model {display_path(path)}: {text}")
@@ -216,12 +231,14 @@ class Scorer:
             dt = _dtype(dtype, dev)
         except ValueError as exc:
             raise ModelLoadError(str(exc)) from None
+        base_dir = None
         try:
             processor = load_processor(path, trust_remote_code=trust_remote_code)
             if (path / "adapter_config.json").exists():
                 from peft import PeftModel
 
-                base_model = load_model(find_base(path, base), dtype=dt, trust_remote_code=trust_remote_code)
+                base_dir = find_base(path, base)
+                base_model = load_model(base_dir, dtype=dt, trust_remote_code=trust_remote_code)
                 model = PeftModel.from_pretrained(base_model, path)
             else:
                 model = load_model(path, dtype=dt, trust_remote_code=trust_remote_code)
@@ -229,7 +246,7 @@ class Scorer:
         except (KeyboardInterrupt, MemoryError):
             raise
         except Exception as exc:  # noqa: BLE001 - loaders raise many types; all become one clear error
-            raise _load_error(path, exc) from exc
+            raise _load_error(path, exc, base_dir) from exc
         log.info("loaded %s on %s (%s)", display_path(path), dev, str(dt).replace("torch.", ""))
         return cls(model, processor, dev, batch_size=batch_size)
 

@@ -67,7 +67,7 @@ def check_path(image: Any, root: Any, _cache: dict | None = None) -> tuple[str, 
         return "empty data root", None
     for what, text in (("image path", image), ("data root", root)):
         if "\0" in text:
-            return f"the {what} {display_path(text)!r} contains a NUL byte", None
+            return f"the {what} '{display_path(text)}' contains a NUL byte", None
     if image.startswith(("/", "\\")) or os.path.isabs(image) or re.match(r"^[A-Za-z]:[\\/]", image):
         return f"absolute path {image!r} (must be relative to the data root)", None
     if ".." in PurePosixPath(image.replace("\\", "/")).parts:

@@ -85,6 +85,10 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    if not getattr(args, "verbose", 0):
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # "Loading weights" bars; -v shows them
     paths, errors = expand_inputs(args.paths)
     scorer = None
     if paths:
