@@ -1,4 +1,10 @@
-"""Stage evaluate: score the held-out splits and extra sets, write predictions, metrics and plots."""
+"""Stage evaluate: score the held-out splits and extra sets, write predictions, metrics and plots.
+
+Writes ``--out`` (predictions, plot tables), ``--detail`` (every metric; inside ``--out``) and
+``--metrics`` (the headline numbers, a DVC metrics file). ``evaluate.extra`` label files and image
+folders, the images the label files name and a local base checkpoint must be declared deps of
+this stage in ``dvc.yaml``.
+"""
 
 from __future__ import annotations
 
@@ -6,31 +12,44 @@ import shutil
 import sys
 from pathlib import Path
 
-from deqa.stage import parse_stage_args, set_threads, write_json
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's deqa
 
-LABELS, MODEL, OUT, METRICS = "data/soft_labels", "models/deqa", "data/evaluate", "metrics/evaluate.json"
+from deqa.stage import (
+    checkpoint_inputs,
+    image_roots,
+    parse_stage_args,
+    require_deps,
+    set_threads,
+    source_inputs,
+    write_json,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
-    _, params = parse_stage_args(argv, __doc__)
+    args, params = parse_stage_args(
+        argv, __doc__, labels="folder of the label files", model="trained model folder",
+        base="base model folder (base_model's output)", out="output folder for predictions and plot data",
+        detail="JSON file for every metric", metrics="metrics JSON file for the headline numbers")
     set_threads(params.train.threads)
-    from deqa.evaluation import evaluation_frames, headline, predict, write_predictions
-    from deqa.metrics import evaluate_predictions, write_plot_tables
+    cfg = params.evaluate
+    require_deps({**source_inputs(cfg.extra, "evaluate.extra"), **checkpoint_inputs(args.base),
+                  **image_roots(*(Path(args.labels) / f"{split}.csv" for split in cfg.splits))})
+    from deqa.evaluation import evaluation_frames, predict, write_predictions
+    from deqa.metrics import evaluate_predictions, headline_metrics, headline_table, write_plot_tables
     from deqa.scoring import Scorer
 
-    cfg = params.evaluate
-    frame = evaluation_frames(cfg, LABELS, params.base.seed)
-    scorer = Scorer.from_pretrained(MODEL, batch_size=cfg.batch_size,
+    frame = evaluation_frames(cfg, args.labels, params.base.seed, validate=params.validate)
+    scorer = Scorer.from_pretrained(args.model, base=args.base, batch_size=cfg.batch_size,
                                     trust_remote_code=params.model.trust_remote_code)
     predictions = predict(scorer, frame, cfg.batch_size)
-    shutil.rmtree(OUT, ignore_errors=True)
-    write_predictions(predictions, OUT)
-    write_plot_tables(predictions, Path(OUT) / "plots")
-    metrics = evaluate_predictions(predictions, bootstrap=cfg.bootstrap, seed=params.base.seed)
-    write_json(METRICS, metrics)
-    h = headline(metrics)
-    print(f"evaluate: {h['split']} n={h['n']} SRCC={h['srcc']} PLCC={h['plcc']} "
-          f"std SRCC={h['std_srcc']} entropy={h['entropy']}")
+    shutil.rmtree(args.out, ignore_errors=True)
+    write_predictions(predictions, args.out)
+    write_plot_tables(predictions, Path(args.out) / "plots")
+    detail = evaluate_predictions(predictions, bootstrap=cfg.bootstrap, seed=params.base.seed)
+    write_json(args.detail, detail)
+    headline = headline_metrics(detail)
+    write_json(args.metrics, headline)
+    print(headline_table(headline))
     return 0
 
 

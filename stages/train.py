@@ -1,28 +1,46 @@
-"""Stage train: DeQA-Score LoRA fine-tuning of the base model on the soft labels."""
+"""Stage train: DeQA-Score LoRA fine-tuning of the base model on the soft labels.
+
+``--checkpoints`` is a private resume cache (git- and DVC-ignored, not a DVC output), so DVC's
+run-cache stays on. The images the label files name and a local base checkpoint must be
+declared deps of this stage in ``dvc.yaml``.
+"""
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
-from deqa.stage import parse_stage_args, set_threads, write_json
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's deqa
 
-LABELS, BASE, OUT, CHECKPOINTS, LIVE = "data/soft_labels", "models/base", "models/deqa", "checkpoints", "dvclive/train"
+from deqa.stage import (
+    checkpoint_inputs,
+    image_roots,
+    parse_stage_args,
+    require_deps,
+    set_threads,
+    write_json,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
-    _, params = parse_stage_args(argv, __doc__)
+    args, params = parse_stage_args(
+        argv, __doc__, labels="folder of the label files", base="base model folder (base_model's output)",
+        out="output folder for the trained model", checkpoints="resume cache folder (not a DVC output)",
+        live="dvclive folder for the training curves", metrics="metrics JSON file")
     set_threads(params.train.threads)
+    require_deps({**image_roots(Path(args.labels) / "train.csv", Path(args.labels) / "val.csv"),
+                  **checkpoint_inputs(args.base)})
     from deqa.training import train
 
-    summary = train(params, LABELS, BASE, OUT, CHECKPOINTS, LIVE)
+    summary = train(params, args.labels, args.base, args.out, args.checkpoints, args.live)
     from accelerate import PartialState
 
     if not PartialState().is_main_process:  # under `accelerate launch`: one writer
         return 0
     last = summary["history"][-1] if summary["history"] else {}
-    write_json("metrics/train.json", {"steps": summary["steps"], "trainable_params": summary["trainable_params"],
-                                      "val_srcc": last.get("val_srcc"), "val_plcc": last.get("val_plcc")})
-    print(f"trained {summary['steps']} steps in {summary['seconds']:.0f} s -> {OUT}")
+    write_json(args.metrics, {"steps": summary["steps"], "trainable_params": summary["trainable_params"],
+                              "val_srcc": last.get("val_srcc"), "val_plcc": last.get("val_plcc")})
+    print(f"trained {summary['steps']} steps in {summary['seconds']:.0f} s -> {args.out}")
     return 0
 
 
