@@ -1,110 +1,295 @@
-"""``deqa gate``: the CI check that a pipeline run reproduces and does not regress.
+"""``deqa gate``: does a fresh pipeline run reproduce the committed one, on this CPU, and not regress?
 
-Two checks against the metrics committed at a git revision (``--baseline``, default ``HEAD``):
+Every stage must have run with exactly the inputs the committed ``dvc.lock`` records (command,
+params values, hashes of the code and data it depends on; deps that are outputs of a
+``tolerance`` stage aside), so code or data changed without a new ``dvc.lock`` fails on any CPU.
+What else "reproducible" means, stage by stage, is data: the ``gate.yaml`` beside the pipeline's
+``dvc.yaml`` (:func:`load_config`) lists
 
-- **reproducibility** (``--repro``, on by default): every ``dvc metrics`` file of the pipeline
-  (``metrics/*.json``) must equal the committed one, number for number (``--tolerance``, default
-  1e-9, absorbs JSON float round-trips only). The default pipeline is deterministic on CPU (seeds,
-  one thread, stable ordering), so any difference means something changed that the commit did
-  not record.
-- **quality**: the held-out SRCC (``test.overall.srcc`` of ``metrics/evaluate.json`` by default,
-  ``--metric``) must not fall below the committed value minus ``--margin`` (default 0.02, about
-  the width of the bootstrap interval's half on the 1,860 synthetic test images).
+- ``exact``: the deterministic stages (``prepare``, ``validate``, ``soft_labels``): their metrics
+  files must equal the committed ones number for number and their outputs must have the committed
+  hashes (``dvc.lock``), byte for byte, on any machine;
+- ``tolerance``: the stages whose numbers come from float kernels (``base_model``, ``train``,
+  ``evaluate``): another CPU takes other SIMD/BLAS kernels, which round differently, so each
+  metric may move by at most its tolerance; ``keys`` are ``fnmatch`` patterns over the dotted key
+  path (list items by index: ``test.overall.confusion.2.3``), the first match wins and an
+  unmatched key must be equal. The tolerances are measured with ``bench/bench_kernels.py``;
+- ``quality``: a metric (``FILE:KEY``) that must not fall below the committed value minus
+  ``margin``.
 
-Run after ``dvc repro`` (both checks) or after a ``dvc exp run`` (``--no-repro``: quality only).
-Exit 0 when every check passes, 1 otherwise; the table printed says which failed.
+Every stage of the ``dvc.yaml`` must appear under ``exact`` or ``tolerance``, so a new stage
+cannot slip past the gate. The committed state is read with ``git show <baseline>:<path>``.
+:func:`gate` runs the checks and returns ``(passed, report lines)``; the command line is
+:mod:`deqa.commands.gate`.
 """
 
 from __future__ import annotations
 
-import argparse
+import fnmatch
 import json
 import math
+import os
 import subprocess
-import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-METRICS_DIR = "metrics"
+import yaml
+
+CONFIG_NAME = "gate.yaml"
 
 
-def committed(path: str, rev: str) -> Any:
-    """The JSON content of ``path`` at git revision ``rev`` (None when absent there)."""
-    res = subprocess.run(["git", "show", f"{rev}:{path}"], capture_output=True, text=True)
-    return json.loads(res.stdout) if res.returncode == 0 else None
+class GateError(ValueError):
+    """A gate config or pipeline that cannot be checked; the message says which file and why."""
 
 
-def differences(a: Any, b: Any, tol: float, where: str = "") -> list[str]:
-    """Paths at which two JSON values differ (numbers beyond ``tol``)."""
-    if isinstance(a, dict) and isinstance(b, dict):
+@dataclass(frozen=True)
+class Rule:
+    keys: str
+    tolerance: float
+
+
+@dataclass
+class GateConfig:
+    exact: list[str]
+    tolerance: dict[str, list[Rule]]
+    quality_metric: str
+    margin: float
+    path: Path = field(default_factory=Path)
+
+
+def load_config(path: str | Path) -> GateConfig:
+    """Read and check a ``gate.yaml``."""
+    path = Path(path)
+    if not path.is_file():
+        raise GateError(f"{path}: no gate config (see deqa.gate for its format)")
+    data = yaml.safe_load(path.read_text()) or {}
+    unknown = sorted(set(data) - {"exact", "tolerance", "quality"})
+    if unknown:
+        raise GateError(f"{path}: unknown key(s) {', '.join(unknown)}; known: exact, tolerance, quality")
+    tolerance = {}
+    for stage, rules in (data.get("tolerance") or {}).items():
+        parsed = []
+        for i, rule in enumerate(rules or []):
+            if not isinstance(rule, dict) or set(rule) != {"keys", "tolerance"} or not float(rule["tolerance"]) >= 0:
+                raise GateError(f"{path}: tolerance.{stage}[{i}]: expected {{keys: PATTERN, tolerance: >= 0}}, got {rule!r}")
+            parsed.append(Rule(str(rule["keys"]), float(rule["tolerance"])))
+        tolerance[stage] = parsed
+    quality = data.get("quality") or {}
+    if set(quality) != {"metric", "margin"}:
+        raise GateError(f"{path}: quality: expected {{metric: FILE:KEY, margin: NUMBER}}, got {quality!r}")
+    both = sorted(set(data.get("exact") or []) & set(tolerance))
+    if both:
+        raise GateError(f"{path}: stage(s) {', '.join(both)} listed under both exact and tolerance")
+    return GateConfig(list(data.get("exact") or []), tolerance, str(quality["metric"]), float(quality["margin"]), path)
+
+
+# --------------------------------------------------------------------------------------------
+# the pipeline and its committed state
+# --------------------------------------------------------------------------------------------
+def pipeline_stages(dvcfile: str | Path) -> dict[str, list[Path]]:
+    """Stage name -> its metrics files (absolute paths), for the stages of one ``dvc.yaml``."""
+    from dvc.repo import Repo
+
+    dvcfile = Path(dvcfile).resolve()
+    if not dvcfile.is_file():
+        raise GateError(f"{dvcfile}: no such dvc.yaml")
+    with Repo(str(dvcfile.parent)) as repo:
+        stages = [s for s in repo.index.stages if Path(s.path).resolve() == dvcfile]
+        return {s.name: [Path(o.fs_path).resolve() for o in s.outs if o.metric] for s in stages}
+
+
+def git_root(path: Path) -> Path:
+    res = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=path, capture_output=True, text=True)
+    if res.returncode:
+        raise GateError(f"{path}: not in a git repository (the gate compares with committed files)")
+    return Path(res.stdout.strip())
+
+
+def committed_text(path: Path, rev: str) -> str | None:
+    """The content of ``path`` at git revision ``rev`` (None when absent there)."""
+    root = git_root(path.parent if path.parent.exists() else Path.cwd())
+    rel = Path(os.path.relpath(path.resolve(), root)).as_posix()
+    res = subprocess.run(["git", "show", f"{rev}:{rel}"], cwd=root, capture_output=True, text=True)
+    return res.stdout if res.returncode == 0 else None
+
+
+def committed_json(path: Path, rev: str) -> Any:
+    text = committed_text(path, rev)
+    return json.loads(text) if text is not None else None
+
+
+def _lock_entry(lock: dict | None, stage: str) -> dict:
+    return ((lock or {}).get("stages") or {}).get(stage) or {}
+
+
+def lock_outputs(lock: dict | None, stage: str) -> dict[str, str]:
+    """Output path -> content hash of one stage in a parsed ``dvc.lock``."""
+    return {o["path"]: o.get("md5", "") for o in _lock_entry(lock, stage).get("outs", [])}
+
+
+def changed_inputs(committed: dict | None, current: dict | None, stage: str, float_outputs: set[str]) -> list[str]:
+    """What a stage ran with that the committed ``dvc.lock`` does not record: its command, a
+    params value, or a dep's hash. Deps inside ``float_outputs`` (outputs of ``tolerance`` stages,
+    which legitimately differ across CPUs) are left out."""
+    old, new = _lock_entry(committed, stage), _lock_entry(current, stage)
+    out = ["cmd"] if old.get("cmd") != new.get("cmd") else []
+    params = [(f, k) for f in set(old.get("params") or {}) | set(new.get("params") or {})
+              for k in set((old.get("params") or {}).get(f) or {}) | set((new.get("params") or {}).get(f) or {})]
+    out += sorted(f"params {k}" for f, k in params
+                  if ((old.get("params") or {}).get(f) or {}).get(k) != ((new.get("params") or {}).get(f) or {}).get(k))
+    deps = [{d["path"]: d.get("md5") for d in entry.get("deps", [])} for entry in (old, new)]
+    inside = lambda p: any(p == o or p.startswith(o.rstrip("/") + "/") for o in float_outputs)  # noqa: E731
+    out += sorted(p for p in set(deps[0]) | set(deps[1]) if not inside(p) and deps[0].get(p) != deps[1].get(p))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# comparison
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Difference:
+    key: str
+    base: Any
+    run: Any
+    tolerance: float | None  # None: not numbers, or a key present on one side only
+
+    @property
+    def delta(self) -> float:
+        return abs(self.run - self.base) if self.tolerance is not None else math.inf
+
+    @property
+    def allowed(self) -> bool:
+        return self.tolerance is not None and (self.delta <= self.tolerance or _both_nan(self.base, self.run))
+
+    def __str__(self) -> str:
+        if self.tolerance is None:
+            return f"{self.key}: {self.base!r} -> {self.run!r}"
+        return f"{self.key}: {self.base} -> {self.run} (|Δ| {self.delta:.3g}, tolerance {self.tolerance:g})"
+
+
+def _both_nan(a: float, b: float) -> bool:
+    return isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def compare(base: Any, run: Any, rules: list[Rule], where: str = "") -> list[Difference]:
+    """Every key at which two JSON values differ, with the tolerance its rule allows."""
+    if isinstance(base, dict) and isinstance(run, dict):
         out = []
-        for k in sorted(set(a) | set(b)):
-            if k not in a or k not in b:
-                out.append(f"{where}{k} (only in {'baseline' if k in a else 'run'})")
+        for k in sorted(set(base) | set(run), key=str):
+            if k not in base or k not in run:
+                out.append(Difference(f"{where}{k}", base.get(k, "<absent>"), run.get(k, "<absent>"), None))
             else:
-                out += differences(a[k], b[k], tol, f"{where}{k}.")
+                out += compare(base[k], run[k], rules, f"{where}{k}.")
         return out
-    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-        return [d for i, (x, y) in enumerate(zip(a, b)) for d in differences(x, y, tol, f"{where}{i}.")]
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
-        return [] if math.isclose(a, b, rel_tol=0, abs_tol=tol) else [f"{where[:-1]}: {a} -> {b}"]
-    return [] if a == b else [f"{where[:-1]}: {a!r} -> {b!r}"]
+    if isinstance(base, list) and isinstance(run, list) and len(base) == len(run):
+        return [d for i, (x, y) in enumerate(zip(base, run, strict=True)) for d in compare(x, y, rules, f"{where}{i}.")]
+    key = where[:-1]
+    if _number(base) and _number(run):
+        if base == run or _both_nan(base, run):
+            return []
+        tol = next((r.tolerance for r in rules if fnmatch.fnmatchcase(key, r.keys)), 0.0)
+        return [Difference(key, base, run, tol)]
+    return [] if base == run else [Difference(key, base, run, None)]
 
 
 def lookup(data: Any, dotted: str) -> Any:
     for part in dotted.split("."):
-        if not isinstance(data, dict) or part not in data:
+        if isinstance(data, list) and part.isdigit() and int(part) < len(data):
+            data = data[int(part)]
+        elif isinstance(data, dict) and part in data:
+            data = data[part]
+        else:
             return None
-        data = data[part]
     return data
 
 
-def gate(baseline: str = "HEAD", repro: bool = True, metric: str = "evaluate:test.overall.srcc",
-         margin: float = 0.02, tolerance: float = 1e-9, metrics_dir: str = METRICS_DIR) -> tuple[bool, list[str]]:
-    """Run the checks; returns (passed, report lines)."""
-    lines, ok = [], True
+# --------------------------------------------------------------------------------------------
+# the checks
+# --------------------------------------------------------------------------------------------
+def _check_stage(stage: str, files: list[Path], cfg: GateConfig, baseline: str, base_dir: Path,
+                 locks: tuple[dict | None, dict | None]) -> tuple[bool, str]:
+    exact = stage in cfg.exact
+    rules = [] if exact else cfg.tolerance[stage]
+    problems, notes = [], []
+    for f in files:
+        name = os.path.relpath(f, base_dir)
+        base = committed_json(f, baseline)
+        if base is None:
+            problems.append(f"{name} not committed at {baseline}")
+            continue
+        if not f.is_file():
+            problems.append(f"{name} missing (run dvc repro first)")
+            continue
+        diffs = compare(base, json.loads(f.read_text()), rules)
+        bad = [d for d in diffs if not d.allowed]
+        if bad:
+            problems.append(f"{name}: {len(bad)} value(s) beyond tolerance, e.g. " + "; ".join(map(str, bad[:3])))
+        elif diffs:
+            worst = max(diffs, key=lambda d: d.delta / d.tolerance if d.tolerance else 0)
+            notes.append(f"{name}: {len(diffs)} value(s) within tolerance, largest {worst}")
+        else:
+            notes.append(f"{name} identical")
+    float_outputs = {p for name in cfg.tolerance for p in lock_outputs(locks[0], name)}
+    inputs = changed_inputs(*locks, stage, float_outputs)
+    if inputs:
+        problems.append(f"ran with inputs the committed dvc.lock does not record: {', '.join(inputs[:6])}"
+                        " (commit dvc.lock and metrics after dvc repro)")
+    if exact:
+        committed, current = (lock_outputs(lock, stage) for lock in locks)
+        changed = sorted(p for p in set(committed) | set(current) if committed.get(p) != current.get(p))
+        if changed:
+            problems.append(f"outputs differ from the committed dvc.lock: {', '.join(changed)}")
+        else:
+            notes.append(f"outputs identical ({', '.join(sorted(current)) or 'none'})")
+    kind = "exact" if exact else "tolerance"
+    text = "; ".join(problems or notes) or "no metrics"
+    return not problems, f"{'ok  ' if not problems else 'FAIL'} {stage:12s} {kind:9s} {text}"
+
+
+def _check_quality(cfg: GateConfig, baseline: str, base_dir: Path) -> tuple[bool, str]:
+    file, _, key = cfg.quality_metric.rpartition(":")
+    path = (base_dir / file).resolve()
+    base_v = lookup(committed_json(path, baseline), key)
+    run_v = lookup(json.loads(path.read_text()), key) if path.is_file() else None
+    where = f"{os.path.relpath(path, base_dir)}:{key}"
+    if not _number(base_v) or not _number(run_v):
+        return False, f"FAIL {'quality':12s} {where}: missing (committed {base_v}, run {run_v})"
+    floor = base_v - cfg.margin
+    good = run_v >= floor
+    return good, (f"{'ok  ' if good else 'FAIL'} {'quality':12s} {where} = {run_v:.4f} "
+                  f"(committed {base_v:.4f}, floor {floor:.4f})")
+
+
+def gate(dvcfile: str | Path = "dvc.yaml", baseline: str = "HEAD", repro: bool = True,
+         config: str | Path | None = None, metric: str | None = None,
+         margin: float | None = None) -> tuple[bool, list[str]]:
+    """Check one pipeline against ``baseline``; returns (passed, report lines).
+
+    ``config`` defaults to the ``gate.yaml`` beside ``dvcfile``; ``metric`` (``FILE:KEY``, FILE
+    relative to the ``dvc.yaml`` folder) and ``margin`` override its ``quality`` block.
+    ``repro=False`` checks the quality floor only (after an experiment, whose metrics differ).
+    """
+    dvcfile = Path(dvcfile).resolve()
+    base_dir = dvcfile.parent
+    cfg = load_config(config or base_dir / CONFIG_NAME)
+    cfg.quality_metric = metric or cfg.quality_metric
+    cfg.margin = cfg.margin if margin is None else margin
+    results = []
     if repro:
-        files = sorted(Path(metrics_dir).glob("*.json"))
-        if not files:
-            return False, [f"FAIL reproducibility: no metrics files in {metrics_dir}/ (run dvc repro first)"]
-        for f in files:
-            base = committed(f.as_posix(), baseline)
-            if base is None:
-                ok = False
-                lines.append(f"FAIL reproducibility {f}: not committed at {baseline}")
-                continue
-            diff = differences(base, json.loads(f.read_text()), tolerance)
-            ok &= not diff
-            lines.append(f"{'ok  ' if not diff else 'FAIL'} reproducibility {f}"
-                         + ("" if not diff else f": {len(diff)} value(s) differ, e.g. " + "; ".join(diff[:3])))
-    name, _, key = metric.partition(":")
-    path = f"{metrics_dir}/{name}.json"
-    base_v = lookup(committed(path, baseline), key)
-    run_v = lookup(json.loads(Path(path).read_text()), key) if Path(path).exists() else None
-    if base_v is None or run_v is None:
-        ok = False
-        lines.append(f"FAIL quality {path}:{key}: missing (baseline {base_v}, run {run_v})")
-    else:
-        good = run_v >= base_v - margin
-        ok &= good
-        lines.append(f"{'ok  ' if good else 'FAIL'} quality {path}:{key} = {run_v:.4f} "
-                     f"(committed {base_v:.4f}, floor {base_v - margin:.4f})")
-    return ok, lines
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.description = __doc__.split("\n\n")[0] + " Exit 0 if every check passes, 1 otherwise."
-    p.add_argument("--baseline", default="HEAD", help="git revision holding the committed metrics (default HEAD)")
-    p.add_argument("--no-repro", dest="repro", action="store_false",
-                   help="skip the reproducibility check (for experiments, whose metrics differ by design)")
-    p.add_argument("--metric", default="evaluate:test.overall.srcc",
-                   help="FILE:KEY of the quality metric (default evaluate:test.overall.srcc)")
-    p.add_argument("--margin", type=float, default=0.02, help="allowed drop of the quality metric (default 0.02)")
-    p.add_argument("--tolerance", type=float, default=1e-9, help="numeric tolerance of the reproducibility check")
-
-
-def run(args: argparse.Namespace) -> int:
-    ok, lines = gate(args.baseline, args.repro, args.metric, args.margin, args.tolerance)
-    print("\n".join(lines))
-    print("gate: PASSED" if ok else "gate: FAILED", file=sys.stderr if not ok else sys.stdout)
-    return 0 if ok else 1
+        stages = pipeline_stages(dvcfile)
+        unlisted = sorted(set(stages) - set(cfg.exact) - set(cfg.tolerance))
+        if unlisted:
+            raise GateError(f"{cfg.path}: stage(s) {', '.join(unlisted)} of {dvcfile.name} have no rule; "
+                            "list each under exact or tolerance")
+        lock_file = base_dir / "dvc.lock"
+        base_lock = committed_text(lock_file, baseline)
+        locks = (yaml.safe_load(base_lock) if base_lock else None,
+                 yaml.safe_load(lock_file.read_text()) if lock_file.is_file() else None)
+        results += [_check_stage(name, files, cfg, baseline, base_dir, locks) for name, files in stages.items()]
+    results.append(_check_quality(cfg, baseline, base_dir))
+    return all(ok for ok, _ in results), [line for _, line in results]
