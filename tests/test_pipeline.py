@@ -1,86 +1,143 @@
-"""End to end: the real DVC pipeline at a tiny size in a temporary git repo, then an experiment."""
+"""End to end: the real DVC pipeline at a tiny size in a temporary git repo (see tiny_repo.py).
+
+Beyond "it runs": a code edit makes exactly the stages that import the module stale (failure 1 of
+project issue #11); going back to params already run restores from DVC's run-cache instead of
+retraining, and the training curves of two experiments can be compared (failure 5); a temporary
+experiment never silently drops an evaluation set outside the repository (failure 5).
+"""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+import tiny_repo
+from tiny_repo import DVC, clone, run
 
 pytestmark = pytest.mark.slow
 
 
-def _env():
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "HF_HUB_OFFLINE": "1",
-           "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "DVC_NO_ANALYTICS": "1",
-           "GIT_AUTHOR_NAME": "deqa-test", "GIT_AUTHOR_EMAIL": "test@example.com",
-           "GIT_COMMITTER_NAME": "deqa-test", "GIT_COMMITTER_EMAIL": "test@example.com"}
-    env.pop("CI", None)
-    return env
-
-
-def _run(cmd, cwd, timeout=600):
-    res = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
-    assert res.returncode == 0, f"{' '.join(cmd)} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
-    return res.stdout
-
-
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
-    repo = tmp_path_factory.mktemp("pipeline")
-    for name in ("dvc.yaml", "params.yaml"):
-        shutil.copy(ROOT / name, repo / name)
-    for folder in ("stages", "src"):
-        shutil.copytree(ROOT / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    shutil.copy(ROOT / ".gitignore", repo / ".gitignore")
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["prepare"]["synthetic"].update(crops_per_photo=1, image_size=64)
-    params["model"]["tiny"].update(image_size=64, hidden_size=32, intermediate_size=64, layers=1, heads=2)
-    params["train"].update(epochs=1, batch_pairs=8, checkpoint_every=10)
-    params["evaluate"].update(bootstrap=20)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    _run(["git", "init", "-q"], repo)
-    _run([str(BIN / "dvc"), "init", "-q"], repo)
-    _run([str(BIN / "dvc"), "config", "core.analytics", "false"], repo)
-    _run(["git", "add", "-A"], repo)
-    _run(["git", "commit", "-qm", "tiny pipeline"], repo)
-    _run([str(BIN / "dvc"), "repro"], repo)
-    return repo
+    return tiny_repo.tiny_pipeline(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture
+def work(repo, tmp_path):
+    """A clone of the reproduced tiny pipeline (sharing its DVC cache) that a test may change."""
+    return clone(repo, tmp_path / "work")
+
+
+def _changed_stages(repo: Path) -> set[str]:
+    return set(json.loads(run([DVC, "status", "--json"], repo).stdout or "{}"))
 
 
 def test_repro_produces_every_output(repo):
     for path in ("data/validate/manifest.csv", "data/soft_labels/train.csv", "models/base/config.json",
                  "models/deqa/adapter_model.safetensors", "data/evaluate/predictions.csv",
-                 "reports/report.html", "reports/summary.md", "dvc.lock"):
+                 "reports/report.html", "reports/summary.md", "dvc.lock", "dvclive/train/metrics.json"):
         assert (repo / path).exists(), path
-    metrics = json.loads(_run([str(BIN / "dvc"), "metrics", "show", "--json"], repo))
+    metrics = json.loads(run([DVC, "metrics", "show", "--json"], repo).stdout)
     text = json.dumps(metrics)
     for key in ("srcc", "plcc", "mean_error", "fallbacks", "kept"):
         assert f'"{key}"' in text, key
     ev = json.loads((repo / "metrics/evaluate.json").read_text())
-    assert ev["test"]["overall"]["n"] > 0 and -1 <= ev["test"]["overall"]["srcc"] <= 1
-    plots = _run([str(BIN / "dvc"), "plots", "show", "--json"], repo)
-    assert "confusion" in plots and "scatter" in plots
-    html = (repo / "reports/report.html").read_text()
-    assert "data:image/png;base64," in html
+    assert -1 <= ev["test"]["synthetic"]["srcc"] <= 1
+    plots = run([DVC, "plots", "show", "--json"], repo).stdout
+    assert "confusion" in plots and "scatter" in plots and "dvclive/train/plots/metrics" in plots
+    assert "data:image/png;base64," in (repo / "reports/report.html").read_text()
+    assert not (repo / "checkpoints").exists() or run(["git", "check-ignore", "checkpoints"], repo).stdout.strip()
 
 
 def test_repro_is_a_no_op_the_second_time(repo):
-    out = _run([str(BIN / "dvc"), "status"], repo)
-    assert "changed" not in out, out
+    assert _changed_stages(repo) == set()
 
 
-def test_experiment_with_onehot_labels_changes_the_metrics(repo):
-    before = json.loads((repo / "metrics/discretisation.json").read_text())
-    _run([str(BIN / "dvc"), "exp", "run", "-S", "soft_labels.kind=onehot", "-S", "loss.fidelity_weight=0"], repo)
-    after = json.loads((repo / "metrics/discretisation.json").read_text())
+def test_a_code_edit_makes_exactly_its_importers_stale(work):
+    tiny = work / "src" / "deqa" / "tiny.py"
+    tiny.write_text(tiny.read_text() + "\n# an edit\n")
+    assert _changed_stages(work) == {"base_model", "train", "evaluate"}
+    run(["git", "checkout", "--", "src/deqa/tiny.py"], work)
+    losses = work / "src" / "deqa" / "losses.py"
+    losses.write_text(losses.read_text() + "\n# an edit\n")
+    assert _changed_stages(work) == {"train", "evaluate"}
+
+
+def test_experiments_use_the_run_cache_and_compare_training_curves(work):
+    before = json.loads((work / "metrics/discretisation.json").read_text())
+    committed = (work / "metrics/evaluate.json").read_text()
+    run([DVC, "exp", "run", "--name", "qalign", "-S", "soft_labels.kind=onehot", "-S", "loss.fidelity_weight=0"], work)
+    after = json.loads((work / "metrics/discretisation.json").read_text())
     b, a = before["synthetic"], after["synthetic"]
     assert a["mean_error"] == pytest.approx(b["onehot_mean_error"]) and a["mean_error"] > 5 * b["mean_error"]
-    shown = _run([str(BIN / "dvc"), "exp", "show", "--md"], repo)
+    shown = run([DVC, "exp", "show", "--md"], work).stdout
     assert "soft_labels.kind" in shown and "onehot" in shown
+    # the training curves of the baseline and the experiment, side by side
+    plots = json.loads(run([DVC, "plots", "diff", "HEAD", "qalign", "--json"], work).stdout)["data"]
+    curves = {k: v[0] for k, v in plots.items() if k.startswith("dvclive/train/plots/metrics/")}
+    assert "dvclive/train/plots/metrics/train/loss.tsv" in curves, list(plots)
+    for name, plot in curves.items():
+        rows = plot["content"]["data"]["values"]
+        assert plot["revisions"] == ["HEAD", "qalign"] and {r["rev"] for r in rows} == {"HEAD", "qalign"}, name
+    # back to the committed params: every stage comes from the run-cache, nothing retrains
+    out = run([DVC, "exp", "run", "-S", "soft_labels.kind=soft", "-S", "loss.fidelity_weight=1.0"], work).stdout
+    for stage in ("soft_labels", "train", "evaluate"):
+        assert f"Stage '{stage}' is cached - skipping run, checking out outputs" in out, out
+    assert (work / "metrics/evaluate.json").read_text() == committed
+
+
+def _external_set(folder: Path, repo: Path) -> Path:
+    """An evaluation-only set outside the repository: a dozen of the test images, generic CSV."""
+    folder.mkdir(parents=True)
+    manifest = [line.split(",") for line in (repo / "data/soft_labels/test.csv").read_text().splitlines()]
+    header, rows = manifest[0], manifest[1:13]
+    image, root, mos = header.index("image"), header.index("root"), header.index("mos")
+    lines = ["image,mos"]
+    for r in rows:
+        shutil.copy(repo / r[root] / r[image], folder / r[image])
+        lines.append(f"{r[image]},{r[mos]}")
+    (folder / "labels.csv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def _use_external_set(work: Path, labels: str, root: str, declare: str | None, required: bool = True) -> None:
+    """Point evaluate.extra at the set, declare ``declare`` as a dep of evaluate, and commit."""
+    for name in ("params.yaml", "dvc.yaml"):  # start from the committed pipeline each time
+        (work / name).write_text(run(["git", "show", f"origin/HEAD:{name}"], work).stdout)
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["evaluate"]["extra"] = [{"name": "ext", "format": "generic-csv", "labels": labels, "root": root,
+                                    "lo": None, "hi": None, "split": "", "required": required}]
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    dvc = yaml.safe_load((work / "dvc.yaml").read_text())
+    if declare:
+        dvc["stages"]["evaluate"]["deps"].append(declare)
+    (work / "dvc.yaml").write_text(yaml.safe_dump(dvc, sort_keys=False))
+    run(["git", "commit", "-qam", "an external evaluation set"], work)
+
+
+def test_an_undeclared_external_set_is_refused_with_the_dep_to_add(work, tmp_path):
+    _external_set(tmp_path / "ext", work)
+    _use_external_set(work, "../ext/labels.csv", "../ext", declare=None)
+    res = run([DVC, "repro", "evaluate"], work, check=False)
+    assert res.returncode != 0
+    assert ("error: evaluate.extra[0].labels: ../ext/labels.csv is read by stage 'evaluate' but is not among its "
+            "deps in dvc.yaml; add `- ../ext/labels.csv` to its deps") in res.stdout + res.stderr
+
+
+def test_temporary_experiments_keep_or_refuse_an_external_set_never_drop_it(work, tmp_path):
+    ext = _external_set(tmp_path / "ext", work)
+    # an absolute path reaches the set from the temporary copy: the experiment scores it
+    _use_external_set(work, str(ext / "labels.csv"), str(ext), declare=str(ext))
+    run([DVC, "exp", "run", "--temp", "--name", "absolute"], work)
+    shown = json.loads(run([DVC, "exp", "show", "--json"], work).stdout)
+    assert '"cross"' in json.dumps(shown) and '"ext"' in json.dumps(shown)
+    # a relative path outside the repository does not reach it: DVC fails on the missing dep
+    _use_external_set(work, "../ext/labels.csv", "../ext", declare="../ext")
+    res = run([DVC, "exp", "run", "--temp"], work, check=False)
+    assert res.returncode != 0 and "ext" in res.stdout + res.stderr
+    # undeclared and optional: skipped in the workspace where absent, but refused in a temporary copy
+    _use_external_set(work, "../ext/labels.csv", "../ext", declare=None, required=False)
+    res = run([DVC, "exp", "run", "--temp"], work, check=False)
+    assert res.returncode != 0 and "is not reachable from this temporary experiment copy" in res.stdout + res.stderr
