@@ -103,7 +103,7 @@ def _external_set(folder: Path, repo: Path) -> Path:
 
 
 def _use_external_set(work: Path, labels: str, root: str, declare: str | None, required: bool = True) -> None:
-    """Point evaluate.extra at the set, declare ``declare`` as a dep of evaluate, and commit."""
+    """Point evaluate.extra at the set, declare ``declare`` as a dep where it is read, and commit."""
     for name in ("params.yaml", "dvc.yaml"):  # start from the committed pipeline each time
         (work / name).write_text(run(["git", "show", f"origin/HEAD:{name}"], work).stdout)
     params = yaml.safe_load((work / "params.yaml").read_text())
@@ -111,8 +111,9 @@ def _use_external_set(work: Path, labels: str, root: str, declare: str | None, r
                                     "lo": None, "hi": None, "split": "", "required": required}]
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     dvc = yaml.safe_load((work / "dvc.yaml").read_text())
-    if declare:
-        dvc["stages"]["evaluate"]["deps"].append(declare)
+    if declare:  # wherever the set is read: scored by evaluate, thumbnails in the report
+        for stage in ("evaluate", "report"):
+            dvc["stages"][stage]["deps"].append(declare)
     (work / "dvc.yaml").write_text(yaml.safe_dump(dvc, sort_keys=False))
     run(["git", "commit", "-qam", "an external evaluation set"], work)
 
