@@ -12,13 +12,16 @@ The score is the probability-weighted level ``μ = Σ k·p_k`` on 1..5 and the p
 position (spec §4). ``deqa score``, the ``evaluate`` stage and training-time validation all score
 through this one class; every image file is read by :func:`deqa.images.load_image`.
 
-**Streaming.** :meth:`Scorer.iter_score` reads and encodes (processor: resize, normalise,
-tokenise) batch ``i + 1`` in a background thread while the model runs batch ``i``, and yields
-each batch as soon as it is scored. Memory is bounded by a few batches, not by the number of
-inputs: at most ``prefetch`` encoded batches wait in the queue, and decoded full-size images live
-only while their batch is encoded. An unreadable image becomes an error entry of its batch; the
-rest of the batch is scored. ``decoder="process"`` uses a one-worker ``torch.utils.data``
-``DataLoader`` instead, ``decoder="none"`` decodes inline (see ``bench/bench_score.py``).
+**Streaming.** :meth:`Scorer.iter_score` yields each batch as soon as it is scored. Memory is
+bounded by a few batches, not by the number of inputs: decoded full-size images live only while
+their batch is encoded (processor: resize, normalise, tokenise), and at most ``prefetch`` encoded
+batches wait ahead of the model. An unreadable image becomes an error entry of its batch; the
+rest of the batch is scored. Where the images are read (``decoder``): ``thread`` reads and
+encodes batch ``i + 1`` in a background thread while the model runs batch ``i``; ``process`` in
+one ``torch.utils.data.DataLoader`` worker; ``none`` inline. ``auto`` (the default) takes
+``thread`` when the model runs on an accelerator or the CPU has at least two cores beyond
+torch's threads, else ``none``: on a 2-core CPU a concurrent decoder slows the model's own
+convolutions by about 40% in CPU time, more than it saves (``bench/bench_score.py``).
 
 **Batch invariance.** Sequences are right-padded (so real tokens keep their positions) and the
 level position is found per row, so a score does not depend on the batch it was computed in;
@@ -59,7 +62,7 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 EXIT_OK, EXIT_PARTIAL, EXIT_FAILED = 0, 1, 2
 FIELDS = ["path", "score", "std", *[f"p_{lv}" for lv in LEVELS], "error"]
-DECODERS = ("thread", "process", "none")
+DECODERS = ("auto", "thread", "process", "none")
 
 
 class ModelLoadError(ValueError):
@@ -290,16 +293,17 @@ class Scorer:
 
     # -- streaming ----------------------------------------------------------------------------
     def iter_score(self, images: Iterable, batch_size: int | None = None, names: list[str] | None = None,
-                   decoder: str = "thread", prefetch: int = 2) -> Iterator[ScoredBatch]:
+                   decoder: str = "auto", prefetch: int = 2) -> Iterator[ScoredBatch]:
         """Score ``images`` batch by batch, yielding a :class:`ScoredBatch` as each one is done.
 
         ``names`` label the inputs in the records (default: the path, or the input's index).
-        ``decoder``: ``thread`` (default) reads and encodes the next batches in a background
-        thread, ``process`` in one ``DataLoader`` worker process, ``none`` inline. At most
-        ``prefetch`` encoded batches wait ahead of the model.
+        ``decoder``: ``thread`` reads and encodes the next batches in a background thread,
+        ``process`` in one ``DataLoader`` worker process, ``none`` inline, ``auto`` (default) as
+        :meth:`pick_decoder`. At most ``prefetch`` encoded batches wait ahead of the model.
         """
         if decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
+        decoder = self.pick_decoder() if decoder == "auto" else decoder
         items = [images] if isinstance(images, (str, Path, np.ndarray)) else list(images)
         bs = max(1, int(batch_size or self.batch_size))
         if names is None:
@@ -316,8 +320,13 @@ class Scorer:
             result = self.forward(enc, pos) if enc is not None else ScoreResult.concat([])
             yield ScoredBatch(start, names[start:start + bs], ok, result, errors)
 
+    def pick_decoder(self) -> str:
+        """``thread`` on an accelerator or with two spare CPU cores beyond torch's threads, else ``none``."""
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return "thread" if self.device.type != "cpu" or cores >= torch.get_num_threads() + 2 else "none"
+
     def score(self, images, batch_size: int | None = None, progress: bool | None = None,
-              decoder: str = "thread") -> ScoreResult:
+              decoder: str = "auto") -> ScoreResult:
         """Score paths, PIL images or numpy arrays; returns means, stds and level probabilities.
 
         Raises :class:`deqa.images.ImageLoadError` for the first input that cannot be read (use

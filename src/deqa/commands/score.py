@@ -45,9 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default: auto)")
     p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--decoder", choices=DECODERS, default="thread",
-                   help="read the next batch's images in a background thread (default), a worker process, "
-                        "or inline (none)")
+    p.add_argument("--decoder", choices=DECODERS, default="auto",
+                   help="read the next batch's images in a background thread, a worker process, or inline "
+                        "(none); auto (default): thread on a GPU or with 2 spare CPU cores, else none")
     p.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's own Python code")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
