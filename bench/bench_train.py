@@ -9,8 +9,10 @@ that preceded ``deqa.data`` in git history (``--old-rev`` overrides), written to
 module at run time; it runs on the current versions of the modules it imports.
 
 Per run: optimizer steps/s over the whole ``train()`` call (validation, hashing and saving
-included), steps/s of the first epoch (the tower runs) and of the later epochs (features cached),
-and peak RSS (``resource.getrusage``). Separately, in this process: collation alone, the
+included), steps/s of the first epoch (the tower runs) and of the later epochs (features cached;
+each epoch's validation included), all per second of wall-clock time and per second of the
+process's CPU time (a steadier measure on a shared machine: one torch thread, so the two agree on
+an idle one), and peak RSS (``resource.getrusage``). Separately, in this process: collation alone, the
 processor on every batch (the previous path) against batches assembled from per-image entries
 (:class:`deqa.data.EncodingCache`, filled beforehand), same batches.
 
@@ -71,23 +73,24 @@ def child(version: str, params_file: str, epochs: int, old_file: str | None) -> 
     loss = module.deqa_loss
 
     def timed_loss(*args, **kwargs):  # one call per optimizer step (grad_accum 1)
-        stamps.append(time.perf_counter())
+        stamps.append((time.perf_counter(), time.process_time()))
         return loss(*args, **kwargs)
 
     module.deqa_loss = timed_loss
     with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         summary = module.train(params, str(LABELS), str(BASE), f"{tmp}/model", f"{tmp}/ckpt", f"{tmp}/live",
                                progress=False)
-        seconds = time.perf_counter() - t0
-    per_epoch = summary["total_steps"] // epochs
-    first = per_epoch / (stamps[per_epoch] - stamps[0]) if len(stamps) > per_epoch else float("nan")
-    later = (len(stamps) - 1 - per_epoch) / (stamps[-1] - stamps[per_epoch]) if epochs > 1 else float("nan")
-    history = summary.get("history", [])
-    return {"version": version, "steps": summary["steps"], "seconds": seconds, "steps_per_s": summary["steps"] / seconds,
-            "epoch1_steps_per_s": first, "later_steps_per_s": later,
-            "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "val_srcc": [h["val_srcc"] for h in history]}
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    per_epoch, n = summary["total_steps"] // epochs, len(stamps)
+    res = {"version": version, "steps": summary["steps"], "seconds": seconds, "cpu_seconds": cpu,
+           "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+           "val_srcc": [h["val_srcc"] for h in summary.get("history", [])]}
+    for clock, name in ((0, "wall"), (1, "cpu")):  # steps per second of wall-clock and of CPU time
+        res[f"{name}_whole"] = summary["steps"] / (seconds if clock == 0 else cpu)
+        res[f"{name}_epoch1"] = per_epoch / (stamps[per_epoch][clock] - stamps[0][clock]) if n > per_epoch else 0.0
+        res[f"{name}_later"] = (n - 1 - per_epoch) / (stamps[-1][clock] - stamps[per_epoch][clock]) if n > per_epoch + 1 else 0.0
+    return res
 
 
 def collation(params_file: str, batches: int) -> dict:
@@ -154,15 +157,15 @@ def main(argv=None) -> int:
             for version in (("old", "new") if r % 2 == 0 else ("new", "old")):
                 res = run_child(version, args, old_file)
                 runs[version].append(res)
-                print(f"{version}: {res['steps']} steps in {res['seconds']:.1f} s = {res['steps_per_s']:.2f} steps/s "
-                      f"(epoch 1 {res['epoch1_steps_per_s']:.2f}, later {res['later_steps_per_s']:.2f}), "
-                      f"peak RSS {res['rss_mib']:.0f} MiB, val SRCC {[round(v, 4) for v in res['val_srcc']]}",
+                print(f"{version}: {res['steps']} steps in {res['seconds']:.1f} s wall, {res['cpu_seconds']:.1f} s CPU; "
+                      f"peak RSS {res['rss_mib']:.0f} MiB; val SRCC {[round(v, 4) for v in res['val_srcc']]}",
                       flush=True)
-    best = {v: max(runs[v], key=lambda r: r["steps_per_s"]) for v in runs}
-    for key, label in (("steps_per_s", "whole run"), ("epoch1_steps_per_s", "epoch 1 (tower runs)"),
-                       ("later_steps_per_s", "later epochs (cached)")):
-        print(f"{label:28s} previous {best['old'][key]:7.2f}  current {best['new'][key]:7.2f} steps/s  "
-              f"speed-up {best['new'][key] / best['old'][key]:5.2f}x")
+    print(f"{'steps/s (best run of each)':34s} {'previous':>9s} {'current':>9s} {'speed-up':>9s}")
+    for clock in ("wall", "cpu"):
+        for part, label in (("whole", "whole run"), ("epoch1", "epoch 1 (tower runs)"), ("later", "later epochs (cached)")):
+            key = f"{clock}_{part}"
+            old_v, new_v = (max(r[key] for r in runs[v]) for v in ("old", "new"))
+            print(f"{label + ', ' + clock + ' clock':34s} {old_v:9.2f} {new_v:9.2f} {new_v / old_v:8.2f}x")
     col = collation(args.params, args.collate_batches)
     print(f"collation alone: processor every batch {col['processor every batch']:.0f} images/s, "
           f"assembled from entries {col['assembled from entries']:.0f} images/s "

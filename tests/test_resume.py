@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from model_fixtures import build_base, build_labels, small_params
 from safetensors.torch import load_file
+
+from model_fixtures import build_base, build_labels, small_params
 
 TESTS = Path(__file__).resolve().parent
 

@@ -297,11 +297,20 @@ class Collator:
         self.conv, self.ex, self.seed = conversation, examples, seed
         self.conv.tokenizer.padding_side = "right"
         self.encoder = EncodingCache(conversation.processor, conversation.scoring_text(), enabled=fast)
+        self._texts: dict[tuple[int, int], str] = {}
 
     def text(self, i: int, epoch: int) -> str:
         """Image ``i``'s training text in ``epoch``: a seeded question and its label's level."""
-        q = QUESTIONS[np.random.default_rng([self.seed, epoch, i]).integers(len(QUESTIONS))]
-        return self.conv.training_text(q, LEVELS[int(np.argmax(self.ex.probs[i]))])
+        key = (int(np.random.default_rng([self.seed, epoch, i]).integers(len(QUESTIONS))),
+               int(np.argmax(self.ex.probs[i])))
+        if key not in self._texts:  # chat templates are slow to render: once per question and level
+            self._texts[key] = self.conv.training_text(QUESTIONS[key[0]], LEVELS[key[1]])
+        return self._texts[key]
+
+    def images(self, idx: list[int], epoch: int = 0) -> dict:
+        """Images ``idx`` with their training texts of ``epoch``: model inputs and feature keys."""
+        enc, keys = self.encoder.encode([self.ex.paths[i] for i in idx], [self.text(i, epoch) for i in idx])
+        return {"inputs": enc, "keys": keys}
 
     def pairs(self, batch: list[tuple[int, int, int]]) -> dict:
         idx = [a for a, _, _ in batch] + [b for _, b, _ in batch]

@@ -15,8 +15,9 @@ manager::
 **Keys.** An entry is keyed by the image's content: either keys the caller passes for the next call
 (:meth:`~FeatureCache.keyed`; the training collator passes a digest of each image's processor
 output, computed once per image) or, by default, a BLAKE2 digest of each input row's bytes (plus
-shape and dtype) and of every per-row argument of the call. So scoring code that knows nothing
-about the cache (validation through :class:`deqa.scoring.Scorer`) is served by it too.
+shape and dtype) and of every per-row argument of the call; either way combined with the call's
+other (non-tensor) arguments. So scoring code that knows nothing about the cache (validation
+through :class:`deqa.scoring.Scorer`) is served by it too.
 
 **Exact by construction.** Each image's output is computed by the tower **on that image alone**
 (a batch of one) and stored; every call's output is the concatenation of its images' entries. An
@@ -31,8 +32,12 @@ the tower runs normally from then on, wherever its outputs would not equal the t
   per row (towers fed flattened patches or image tiles with a grid argument, as Qwen2-VL);
 - an output field does not split per image along dim 0;
 - on the first call, the batch computed whole differs from the same images computed one by one
-  (beyond float rounding): rows that depend on each other (flattened patches without a grid
-  argument, batch statistics).
+  beyond float rounding (1e-4 relative in fp32, 16 epsilons of a half-precision dtype): rows that
+  depend on each other (flattened patches without a grid argument, batch statistics).
+
+Entries are kept for the whole run on the tower's device: 32 KiB per image for the default tiny
+model; a CLIP-L tower's hidden states are tens of MB per image, which is why the recipes for real
+checkpoints switch the cache off.
 
 Logged under ``deqa.training.feature_cache`` so that the training logger's level governs it.
 """
@@ -72,6 +77,8 @@ class FeatureCache:
 
     def __init__(self, tower: nn.Module, *, enabled: bool = True, check_first_call: bool = True,
                  rtol: float = 1e-4, atol: float = 1e-5):
+        """``rtol``/``atol`` (``atol`` relative to the output's largest magnitude, at least 1): the
+        first call's comparison, widened to 16 machine epsilons of the output's dtype."""
         self.tower = tower
         self.entries: dict[str, list] = {}
         self.enabled = enabled  # ``False``: install() does nothing and the tower always runs
@@ -80,6 +87,7 @@ class FeatureCache:
         self._keys: list[str] | None = None
         self._previous = _MISSING
         self._checked = not check_first_call
+        self._whole = False
         self._tol = (rtol, atol)
 
     # ------------------------------------------------------------------ install / uninstall
@@ -127,6 +135,20 @@ class FeatureCache:
         finally:
             self._keys = None
 
+    @contextlib.contextmanager
+    def whole(self):
+        """Inside, a call whose images are all missing is computed as one batch and split.
+
+        Only for calls whose batch composition is a function of the data alone (the warm-up's
+        fixed chunks, validation), so that a resumed run computes the same batches; a call with
+        some images cached computes the missing ones one by one, as outside.
+        """
+        self._whole = True
+        try:
+            yield self
+        finally:
+            self._whole = False
+
     def __len__(self) -> int:
         return len(self.entries)
 
@@ -145,33 +167,45 @@ class FeatureCache:
         if rows is None:
             return original(*args, **kwargs)
         keys = self._row_keys(rows)
-        if keys is None:
-            return original(*args, **kwargs)
+        missing = [i for i, k in enumerate(keys) if k not in self.entries]
+        self.hits, self.misses = self.hits + len(keys) - len(missing), self.misses + len(missing)
+        whole = None
         with torch.no_grad():
-            for key, (row_args, row_kwargs) in zip(keys, rows, strict=True):
-                if key in self.entries:
-                    self.hits += 1
-                    continue
-                self.misses += 1
-                leaves, spec = pytree.tree_flatten(original(*row_args, **row_kwargs))
-                if not all(leaf is None or (torch.is_tensor(leaf) and leaf.dim() and leaf.shape[0] == 1)
-                           for leaf in leaves):
-                    self.disable("the vision outputs do not split per image along dim 0")
+            if missing and (not self._checked or (self._whole and len(missing) == len(keys))):
+                whole = original(*args, **kwargs)
+            if self._whole and whole is not None and len(missing) == len(keys):
+                fresh = self._split(whole, len(keys))
+                if fresh is None:
+                    return whole
+            else:
+                fresh = [self._split(original(*rows[i][0], **rows[i][1]), 1) for i in missing]
+                if any(f is None for f in fresh):
                     return original(*args, **kwargs)
-                self.entries[key] = [spec, [None if leaf is None else leaf.detach() for leaf in leaves]]
+                fresh = [f[0] for f in fresh]
+        if not self._checked and whole is not None:  # the first call: per image against the whole batch
+            self._checked = True
+            alone = fresh if len(fresh) == len(keys) and not self._whole else \
+                [self._split(original(*r[0], **r[1]), 1)[0] for r in rows]
+            if not self._same(self._join(alone), whole):
+                self.disable("the tower's output for an image depends on the other images in its batch "
+                             "(flattened patches, tiles or batch statistics)")
+                return whole
+        for i, entry in zip(missing, fresh, strict=True):
+            self.entries[keys[i]] = entry
         out = self._join([self.entries[k] for k in keys])
         if out is None:
             self.disable("the vision outputs of different images do not have one structure and shape")
             return original(*args, **kwargs)
-        if not self._checked:  # the first call: the same batch, computed whole by the tower
-            self._checked = True
-            with torch.no_grad():
-                whole = original(*args, **kwargs)
-            if not self._same(out, whole):
-                self.disable("the tower's output for an image depends on the other images in its batch "
-                             "(flattened patches, tiles or batch statistics)")
-                return original(*args, **kwargs)
         return out
+
+    def _split(self, out, n: int) -> list[list] | None:
+        """``out`` as ``n`` per-image entries ``[spec, leaves]`` (copies), or ``None`` (and off)."""
+        leaves, spec = pytree.tree_flatten(out)
+        if not all(leaf is None or (torch.is_tensor(leaf) and leaf.dim() and leaf.shape[0] == n) for leaf in leaves):
+            self.disable("the vision outputs do not split per image along dim 0")
+            return None
+        return [[spec, [None if leaf is None else leaf[i:i + 1].detach().clone() for leaf in leaves]]
+                for i in range(n)]
 
     def _split_inputs(self, args: tuple, kwargs: dict) -> list[tuple[tuple, dict]] | None:
         """Per-row ``(args, kwargs)`` of a call: tensors split along dim 0, everything else shared."""
@@ -195,15 +229,16 @@ class FeatureCache:
 
         return [(tuple(row(a, i) for a in args), {k: row(v, i) for k, v in kwargs.items()}) for i in range(n)]
 
-    def _row_keys(self, rows) -> list[str] | None:
-        if self._keys is not None:
-            return self._keys
+    def _row_keys(self, rows) -> list[str]:
+        """The caller's keys, else digests of each row's tensors; both with the call's other arguments."""
         keys = []
-        for row_args, row_kwargs in rows:
+        for i, (row_args, row_kwargs) in enumerate(rows):
             named = list(enumerate(row_args)) + sorted(row_kwargs.items())
-            tensors = [v for _, v in named if torch.is_tensor(v)]
             rest = repr([(k, v) for k, v in named if not torch.is_tensor(v)])
-            keys.append(tensor_digest(*tensors, extra=rest))
+            if self._keys is not None:
+                keys.append(f"{self._keys[i]}|{rest}")
+            else:
+                keys.append(tensor_digest(*(v for _, v in named if torch.is_tensor(v)), extra=rest))
         return keys
 
     @staticmethod
@@ -228,11 +263,17 @@ class FeatureCache:
         b, spec_b = pytree.tree_flatten(computed)
         if spec_a != spec_b:
             return False
-        rtol, atol = self._tol
         for x, y in zip(a, b, strict=True):
             if (x is None) != (y is None):
                 return False
-            if x is not None and (x.shape != y.shape or not torch.allclose(x.float(), y.detach().float(),
-                                                                           rtol=rtol, atol=atol)):
+            if x is None:
+                continue
+            if x.shape != y.shape or x.dtype != y.dtype:
+                return False
+            # float rounding of the dtype (bf16 under autocast rounds far more than fp32), not more
+            eps = torch.finfo(y.dtype).eps if y.is_floating_point() else 0.0
+            rtol, atol = max(self._tol[0], 16 * eps), max(self._tol[1], 16 * eps)
+            scale = float(y.detach().abs().max()) if y.numel() and y.is_floating_point() else 1.0
+            if not torch.allclose(x.double(), y.detach().double(), rtol=rtol, atol=atol * max(scale, 1.0)):
                 return False
         return True

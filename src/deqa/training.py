@@ -90,8 +90,8 @@ def train(params: Params, labels_dir: str | Path, base_dir: str | Path, out_dir:
     model, names = build_model(base_path, params, accelerator)
     trainable = [p for p in model.parameters() if p.requires_grad]
 
-    pairs = PairDataset(train_ex.dataset, seed)
-    loader = torch.utils.data.DataLoader(pairs, batch_size=tcfg.batch_pairs, collate_fn=Collator(conv, train_ex, seed).pairs,
+    pairs, collate = PairDataset(train_ex.dataset, seed), Collator(conv, train_ex, seed)
+    loader = torch.utils.data.DataLoader(pairs, batch_size=tcfg.batch_pairs, collate_fn=collate.pairs,
                                          drop_last=len(pairs) >= 2 * tcfg.batch_pairs)
     optimizer, scheduler, total = make_optimizer(trainable, tcfg, len(loader), accelerator.num_processes)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
@@ -106,6 +106,8 @@ def train(params: Params, labels_dir: str | Path, base_dir: str | Path, out_dir:
                disable=not progress or not accelerator.is_main_process)
     t0, interrupted = time.time(), False
     with cache:
+        if total * tcfg.grad_accum >= len(loader):  # the run sees every image: fill the cache first
+            warm_feature_cache(accelerator, model, collate, cache, 2 * tcfg.batch_pairs, progress)
         while not interrupted and not finished(state, tcfg, total):
             set_train_mode(accelerator.unwrap_model(model), names, tcfg.train_vision)
             for batch in epoch_batches(accelerator, loader, state):
@@ -127,7 +129,7 @@ def train(params: Params, labels_dir: str | Path, base_dir: str | Path, out_dir:
                     interrupted = True
                     break
             if not interrupted:
-                end_epoch(accelerator, model, processor, val_ex, state, tcfg, live, bar)
+                end_epoch(accelerator, model, processor, val_ex, state, tcfg, live, bar, cache)
     bar.close()
     if live is not None:
         live.end()
@@ -246,6 +248,32 @@ def open_live(live_dir, accelerator, resume: bool):
 # ---------------------------------------------------------------------------------------------
 # the steps
 # ---------------------------------------------------------------------------------------------
+def warm_feature_cache(accelerator, model, collate: Collator, cache: FeatureCache, batch_size: int,
+                       progress: bool) -> None:
+    """Fill the feature cache before the first step: every training image, in fixed chunks of the
+    label file's order, each computed by the tower as one batch.
+
+    The chunks depend on the data alone, so a resumed run (a fresh process) computes the very same
+    batches and gets the same features to the bit; during training every image is then a hit.
+    """
+    from tqdm.auto import tqdm
+
+    if not cache.enabled or not cache.installed:
+        return
+    unwrapped, n = accelerator.unwrap_model(model), len(collate.ex)
+    unwrapped.eval()
+    chunks = [list(range(s, min(s + batch_size, n))) for s in range(0, n, batch_size)]
+    with torch.no_grad(), cache.whole():
+        for idx in tqdm(chunks, desc="vision features", unit="batch", disable=not progress or not accelerator.is_main_process):
+            batch = collate.images(idx)
+            inputs = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch["inputs"].items()}
+            with cache.keyed(batch["keys"]):
+                unwrapped(**inputs)
+            if not cache.enabled:
+                return
+    log.info("vision features of %d training images cached", len(cache))
+
+
 def set_train_mode(model: nn.Module, names, train_vision: bool) -> None:
     """Training mode, except a frozen vision tower (and its batch-norm statistics)."""
     model.train()
@@ -310,10 +338,11 @@ def log_train(live, state: TrainState, scheduler) -> None:
 
 
 def end_epoch(accelerator, model, processor, val_ex: Examples | None, state: TrainState, tcfg: TrainConfig,
-              live, bar) -> None:
+              live, bar, cache: FeatureCache) -> None:
     """Validate, remember the best epoch (``train.select: best``) and move on to the next epoch."""
     if val_ex is not None:
-        srcc, plcc = validate(accelerator, model, processor, val_ex, 2 * tcfg.batch_pairs)
+        with cache.whole():  # validation batches are always the same: the first fills the cache batched
+            srcc, plcc = validate(accelerator, model, processor, val_ex, 2 * tcfg.batch_pairs)
         entry = {"epoch": state.epoch, "step": state.step, "val_srcc": srcc, "val_plcc": plcc}
         state.history.append(entry)
         if live is not None:
