@@ -34,18 +34,9 @@ COMMANDS = {
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 
 
-# where a command's front door still lives in its library module (until deqa.commands.<name> exists)
-FALLBACK = {"gate": "deqa.gate", "export": "deqa.export"}
-
-
 def command_module(name: str):
     """The module implementing command ``name`` (``deqa.commands.<name>``)."""
-    try:
-        return importlib.import_module(f"deqa.commands.{name}")
-    except ModuleNotFoundError as exc:
-        if exc.name != f"deqa.commands.{name}" or name not in FALLBACK:
-            raise
-        return importlib.import_module(FALLBACK[name])
+    return importlib.import_module(f"deqa.commands.{name}")
 
 
 def _common_options() -> argparse.ArgumentParser:

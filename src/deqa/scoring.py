@@ -269,7 +269,7 @@ class Scorer:
         if "pixel_values" in enc and enc["pixel_values"].is_floating_point():
             enc["pixel_values"] = enc["pixel_values"].to(self.model.dtype)
         probs, mu, sigma = read_scores(self.model(**enc).logits, pos, self.conversation.level_ids)
-        return ScoreResult(mu.float().cpu().numpy(), sigma.float().cpu().numpy(), probs.float().cpu().numpy())
+        return ScoreResult(*(t.detach().cpu().double().numpy() for t in (mu, sigma, probs)))  # float64 read-out
 
     def score_batch(self, images: list) -> ScoreResult:
         """Score one batch of images (paths, PIL or arrays; no splitting, no error tolerance)."""
