@@ -19,10 +19,14 @@ shape and dtype) and of every per-row argument of the call; either way combined 
 other (non-tensor) arguments. So scoring code that knows nothing about the cache (validation
 through :class:`deqa.scoring.Scorer`) is served by it too.
 
-**Exact by construction.** Each image's output is computed by the tower **on that image alone**
-(a batch of one) and stored; every call's output is the concatenation of its images' entries. An
-image's output therefore never depends on which images shared its batch, which is what makes a
-resumed run (a fresh process with an empty cache) bit-identical to an uninterrupted one. The cache
+**Exact by construction.** Every call's output is the concatenation of its images' entries, and
+an entry is computed so that it never depends on the history of the run: by the tower **on that
+image alone** (a batch of one) where a call mixes cached and new images, or, inside
+:meth:`~FeatureCache.whole`, as one batch where all of a call's images are new and the caller
+guarantees that the batch is a function of the data alone (the training warm-up's fixed chunks,
+validation). This is what makes a resumed run (a fresh process with an empty cache) bit-identical
+to an uninterrupted one. Per-image and batched outputs of a tower agree to float rounding (about
+1e-5 here; bit for bit for the default tower on this CPU), like any two batchings do. The cache
 turns itself off for good, with a log line (``vision feature caching disabled: <reason>``), and
 the tower runs normally from then on, wherever its outputs would not equal the tower's:
 

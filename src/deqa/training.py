@@ -14,8 +14,9 @@ Read :func:`train` top to bottom; every step is a small function below it. What 
   ``[A_1..A_B, B_1..B_B]`` through **one** forward pass (the authors' code runs two)
   (:mod:`deqa.data`).
 - **Feature cache** (``train.cache_vision_features``, frozen tower): the tower's output per image
-  is computed once and reused (:mod:`deqa.feature_cache`), and batches are assembled from each
-  image's cached processor output without decoding or processing the image again
+  is computed once, before the first step, in fixed chunks of the label file's order (where the
+  run covers at least an epoch), and reused (:mod:`deqa.feature_cache`); batches are assembled
+  from each image's cached processor output without decoding or processing the image again
   (:class:`deqa.data.EncodingCache`); both verify themselves and turn off, logged, where they
   would not be exact. Validation is served by the feature cache too.
 - **Exact resume** (``train.resume: auto``, :mod:`deqa.checkpointing`): checkpoints every
@@ -28,7 +29,9 @@ Read :func:`train` top to bottom; every step is a small function below it. What 
 - **Validation** after each epoch on ``val.csv`` with the same scoring code as ``deqa score``
   (:class:`deqa.scoring.Scorer` around the model in training), the images sharded over processes.
 - **``train.select: best | last``**: save the weights of the epoch with the best validation SRCC,
-  or the last ones; the summary's ``selected`` says which (epoch, step, val SRCC/PLCC).
+  or the last ones; the summary's ``selected`` says which (epoch, step, val SRCC/PLCC). ``best``
+  keeps a CPU copy of the best epoch's trainable tensors (in checkpoints too): small for LoRA, a
+  second copy of the model for full fine-tuning. Without a validation set it falls back to ``last``.
 - **dvclive** logs (``live_dir``): every loss component and the learning rate per
   ``train.log_every`` steps, validation SRCC/PLCC per epoch, against the optimizer step.
 - Output: :func:`save_trained` writes the adapter (or the full model), the processor and
