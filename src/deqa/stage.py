@@ -39,7 +39,8 @@ LOG_FORMAT = "%(levelname).1s %(name)s: %(message)s"
 def setup_logging() -> None:
     """INFO-level logging with a short format, on stderr (shown by ``dvc repro``)."""
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, force=True)
-    for noisy in ("urllib3", "filelock", "matplotlib", "PIL", "fsspec", "great_expectations", "dvc", "scmrepo"):
+    for noisy in ("urllib3", "filelock", "matplotlib", "PIL", "fsspec", "great_expectations", "dvc", "scmrepo",
+                  "accelerate", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
