@@ -22,10 +22,11 @@ pipeline (seconds) instead of the default (minutes per setting).
     python bench/bench_kernels.py --json bench/out/kernels.json
 
 The spread per key pattern (``*.srcc``, ``*.kl``, ...) of the stages' metrics files is printed,
-with a suggested ``gate.yaml`` block (2x the largest spread seen, rounded up). Measured here (one
-AMD EPYC) the spread is ~1e-5 at most, 200x below the 2e-4 seen between an AMD and an Intel
-machine (MKL picks AVX-512 sgemm kernels on Intel that no setting reproduces on AMD), so
-``gate.yaml`` takes the larger, two-machine number; ``BENCHMARKS.md`` has both.
+with a suggested ``gate.yaml`` block (2x the largest spread seen, rounded up). How sensitive the
+trained metrics are depends on the training code (measured on one AMD EPYC at the default size:
+largest spread 1e-5 with the training loop of b64fc9b, 2.4e-3 in val SRCC with the one of
+16e2a40), so re-run this after changing training and update ``gate.yaml``; ``BENCHMARKS.md``
+has the numbers.
 """
 
 from __future__ import annotations
