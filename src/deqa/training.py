@@ -71,6 +71,9 @@ from deqa.modeling import (
 
 log = logging.getLogger(__name__)
 
+CARD_SECTIONS = ("base", "soft_labels", "model", "train", "lora", "loss")
+"""The params sections written into ``deqa_model.json`` (those that shape the trained weights)."""
+
 
 def train(params: Params, labels_dir: str | Path, base_dir: str | Path, out_dir: str | Path,
           checkpoint_dir: str | Path, live_dir: str | Path | None = "dvclive/train",
@@ -140,7 +143,8 @@ def train(params: Params, labels_dir: str | Path, base_dir: str | Path, out_dir:
                "trainable_params": sum(getattr(p, "ds_numel", p.numel()) for p in trainable),
                "history": state.history, "interrupted": interrupted, "selected": selected(state, tcfg)}
     if not interrupted:
-        save_final(accelerator, model, state, processor, conv, params, base_dir, out_dir, summary)
+        save_final(accelerator, model, state, processor, conv, params, base_dir, out_dir, summary,
+                   datasets=sorted(set(train_ex.dataset.tolist())))
     return summary
 
 
@@ -408,7 +412,7 @@ def selected(state: TrainState, tcfg: TrainConfig) -> dict:
 # saving
 # ---------------------------------------------------------------------------------------------
 def save_final(accelerator, model, state: TrainState, processor, conv: Conversation, params: Params,
-               base_dir, out_dir, summary: dict) -> None:
+               base_dir, out_dir, summary: dict, datasets: list[str] | None = None) -> None:
     """Save the selected weights with :func:`save_trained` (ZeRO-3 shards gathered first)."""
     accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(model)
@@ -419,16 +423,19 @@ def save_final(accelerator, model, state: TrainState, processor, conv: Conversat
     if summary["selected"]["select"] == "best" and state.best_weights is not None:
         state_dict = {**(state_dict if state_dict is not None else unwrapped.state_dict()), **state.best_weights}
     if accelerator.is_main_process:
-        save_trained(unwrapped, processor, conv, params, base_dir, out_dir, summary, state_dict=state_dict)
+        save_trained(unwrapped, processor, conv, params, base_dir, out_dir, summary, state_dict=state_dict,
+                     datasets=datasets)
     accelerator.wait_for_everyone()
 
 
 def save_trained(model, processor, conv: Conversation, params: Params, base_dir, out_dir, summary: dict,
-                 state_dict: dict | None = None) -> None:
+                 state_dict: dict | None = None, datasets: list[str] | None = None) -> None:
     """Write the adapter (or full model), the processor and ``deqa_model.json`` to ``out_dir``.
 
     ``state_dict``: the weights to save where they are not the model's own (the best epoch's, or
-    the gathered weights where the model's are sharded by DeepSpeed ZeRO-3).
+    the gathered weights where the model's are sharded by DeepSpeed ZeRO-3). The card holds the
+    params sections that shape training (:data:`CARD_SECTIONS`, the train stage's declared
+    params) and ``datasets``, the dataset names of the training rows.
     """
     out_dir = Path(out_dir)
     if out_dir.exists():
@@ -444,7 +451,8 @@ def save_trained(model, processor, conv: Conversation, params: Params, base_dir,
         "adapter": (out_dir / "adapter_config.json").exists(),
         "levels": list(conv.levels),
         "level_token_ids": conv.level_ids,
-        "params": to_dict(params),
+        "params": {section: to_dict(getattr(params, section)) for section in CARD_SECTIONS},
+        "datasets": list(datasets) if datasets is not None else None,
         "training": {k: v for k, v in summary.items() if k != "seconds"},
     }
     (out_dir / MODEL_CARD).write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
