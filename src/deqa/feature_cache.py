@@ -92,6 +92,7 @@ class FeatureCache:
         self._previous = _MISSING
         self._checked = not check_first_call
         self._whole = False
+        self._params: list | None = None
         self._tol = (rtol, atol)
 
     # ------------------------------------------------------------------ install / uninstall
@@ -158,7 +159,9 @@ class FeatureCache:
 
     # ------------------------------------------------------------------ the forward
     def _trainable(self) -> bool:
-        return any(p.requires_grad for p in self.tower.parameters())
+        if self._params is None:  # listed once: walking the module tree on every call costs ~2 ms
+            self._params = list(self.tower.parameters())
+        return any(p.requires_grad for p in self._params)
 
     def _forward(self, *args, **kwargs):
         original = self._original
