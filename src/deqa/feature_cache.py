@@ -76,6 +76,11 @@ def tensor_digest(*tensors: torch.Tensor | None, extra: str = "") -> str:
     return h.hexdigest()
 
 
+class StopForward(Exception):
+    """Raised by the tower inside ``FeatureCache.whole(stop=True)`` once its outputs are cached:
+    filling the cache needs nothing of the model's forward after the tower."""
+
+
 class FeatureCache:
     """Caches a frozen vision module's per-image outputs (see the module docstring)."""
 
@@ -91,7 +96,7 @@ class FeatureCache:
         self._keys: list[str] | None = None
         self._previous = _MISSING
         self._checked = not check_first_call
-        self._whole = False
+        self._whole = self._stop = False
         self._params: list | None = None
         self._tol = (rtol, atol)
 
@@ -141,18 +146,20 @@ class FeatureCache:
             self._keys = None
 
     @contextlib.contextmanager
-    def whole(self):
+    def whole(self, stop: bool = False):
         """Inside, a call whose images are all missing is computed as one batch and split.
 
         Only for calls whose batch composition is a function of the data alone (the warm-up's
         fixed chunks, validation), so that a resumed run computes the same batches; a call with
-        some images cached computes the missing ones one by one, as outside.
+        some images cached computes the missing ones one by one, as outside. ``stop``: each tower
+        call raises :class:`StopForward` once its images are cached, ending the model's forward
+        there (for filling the cache only; not under DeepSpeed ZeRO-3, whose hooks must finish).
         """
-        self._whole = True
+        self._whole, self._stop = True, stop
         try:
             yield self
         finally:
-            self._whole = False
+            self._whole = self._stop = False
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -203,6 +210,8 @@ class FeatureCache:
         if out is None:
             self.disable("the vision outputs of different images do not have one structure and shape")
             return original(*args, **kwargs)
+        if self._stop:
+            raise StopForward
         return out
 
     def _split(self, out, n: int) -> list[list] | None:

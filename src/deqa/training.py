@@ -40,6 +40,7 @@ Read :func:`train` top to bottom; every step is a small function below it. What 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -56,7 +57,7 @@ from torch import nn
 from deqa.checkpointing import Checkpoints, TrainState, fingerprint
 from deqa.config import Params, TrainConfig, to_dict
 from deqa.data import Collator, Examples, PairDataset
-from deqa.feature_cache import FeatureCache
+from deqa.feature_cache import FeatureCache, StopForward
 from deqa.losses import deqa_loss
 from deqa.modeling import (
     MODEL_CARD,
@@ -224,7 +225,7 @@ def make_optimizer(trainable: list, tcfg: TrainConfig, batches: int, processes: 
     """AdamW and the cosine schedule with warm-up; returns (optimizer, scheduler, total steps)."""
     from transformers import get_cosine_schedule_with_warmup
 
-    optimizer = torch.optim.AdamW(trainable, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    optimizer = torch.optim.AdamW(trainable, lr=tcfg.lr, weight_decay=tcfg.weight_decay, foreach=True)
     total = math.ceil(batches / max(1, processes) / tcfg.grad_accum) * tcfg.epochs
     if tcfg.max_steps > 0:
         total = min(total, tcfg.max_steps)
@@ -270,12 +271,12 @@ def warm_feature_cache(accelerator, model, collate: Collator, cache: FeatureCach
     unwrapped, n = accelerator.unwrap_model(model), len(collate.ex)
     unwrapped.eval()
     chunks = [list(range(s, min(s + batch_size, n))) for s in range(0, n, batch_size)]
-    with torch.no_grad(), cache.whole():
+    with torch.no_grad(), cache.whole(stop=accelerator.distributed_type != "DEEPSPEED"):
         for idx in tqdm(chunks, desc="vision features", unit="batch", disable=not progress or not accelerator.is_main_process):
             batch = collate.images(idx)
             inputs = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch["inputs"].items()}
-            with cache.keyed(batch["keys"]):
-                unwrapped(**inputs)
+            with cache.keyed(batch["keys"]), contextlib.suppress(StopForward):
+                unwrapped(**inputs)  # stops right after the tower
             if not cache.enabled:
                 return
     log.info("vision features of %d training images cached", len(cache))
