@@ -63,7 +63,8 @@ def parse(argv=None):
     ap.add_argument("--train-fraction", type=float, default=1.0, help="subsample BIQ2021 train rows")
     ap.add_argument("--final", action="store_true")
     ap.add_argument("--ridge", action="store_true")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="data seed (split, photo choice)")
+    ap.add_argument("--train-seed", type=int, default=None, help="model seed (init, pairs; default: --seed)")
     return ap.parse_args(argv)
 
 
@@ -175,7 +176,7 @@ def params_for(args):
     from deqa.config import LoraConfig, LossConfig, Params, TrainConfig
 
     p = Params()
-    p.base.seed = args.seed
+    p.base.seed = args.seed if args.train_seed is None else args.train_seed
     p.train = TrainConfig(epochs=args.epochs, batch_pairs=args.batch, lr=args.lr, weight_decay=args.wd,
                           warmup_ratio=args.warmup, select=args.select, resume="never", log_every=1000,
                           checkpoint_every=100000)
@@ -277,7 +278,7 @@ def main(argv=None) -> int:
     frame = manifest(args)
     write_labels(frame, args.label_kind, run / "labels")
     base = build_tiny_llava(run / "base", image_size=args.size, vision_tokens=args.tokens, hidden_size=args.hidden,
-                            intermediate_size=2 * args.hidden, layers=2, heads=4, seed=args.seed, standardise=True,
+                            intermediate_size=2 * args.hidden, layers=2, heads=4, seed=params_for(args).base.seed, standardise=True,
                             projector_act=args.projector_act, vision_stats=args.stats, vision_layers=args.layers)
     t1 = time.perf_counter()
     summary = train(params_for(args), run / "labels", base, run / "model", run / "ckpt", live_dir=None, progress=False)
