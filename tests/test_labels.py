@@ -301,13 +301,17 @@ def _load_stage():
     return module
 
 
+STAGE_ARGS = ["--manifest", "data/validate/manifest.csv", "--out", "data/soft_labels",
+              "--metrics", "metrics/discretisation.json"]
+
+
 def test_stage_writes_label_files_and_metrics(tmp_path, monkeypatch):
     (tmp_path / "data" / "validate").mkdir(parents=True)
     _tiny_manifest().to_csv(tmp_path / "data" / "validate" / "manifest.csv", index=False)
     (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
     monkeypatch.chdir(tmp_path)
     stage = _load_stage()
-    assert stage.main([]) == 0
+    assert stage.main(STAGE_ARGS) == 0
     splits = {s: pd.read_csv(tmp_path / "data" / "soft_labels" / f"{s}.csv") for s in ("train", "val", "test")}
     assert [len(splits[s]) for s in ("train", "val", "test")] == [2, 1, 2]
     assert splits["train"].columns.tolist() == LABEL_COLUMNS + ["c1"]
@@ -321,7 +325,7 @@ def test_stage_writes_label_files_and_metrics(tmp_path, monkeypatch):
     assert metrics["kadid"]["mean_error"] == pytest.approx(sum(spec_errors[1:]) / 4, abs=2e-6)
     # kind=onehot (what `dvc exp run -S soft_labels.kind=onehot` changes)
     (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text().replace("kind: soft", "kind: onehot"))
-    assert stage.main([]) == 0
+    assert stage.main(STAGE_ARGS) == 0
     onehot = json.loads((tmp_path / "metrics" / "discretisation.json").read_text())
     assert onehot["koniq"]["mean_error"] == pytest.approx(5 - 4.400807, abs=1e-6)  # m > 4.2: level 5
     assert onehot["kadid"]["fallbacks"] == 0 and onehot["kadid"]["js"] is None
@@ -332,7 +336,7 @@ def test_stage_reports_missing_manifest(tmp_path, monkeypatch):
     (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit, match="data/validate/manifest.csv not found"):
-        _load_stage().main([])
+        _load_stage().main(STAGE_ARGS)
 
 
 @needs_koniq
