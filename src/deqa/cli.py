@@ -30,6 +30,7 @@ COMMANDS = {
     "score": "score images with a trained model",
     "export": "merge a LoRA adapter into its base model and save a checkpoint",
     "gate": "CI check: metrics reproduce the committed ones and SRCC does not regress",
+    "report": "write the pipeline report, or with --experiments the DVC experiments page",
 }
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 

@@ -38,8 +38,10 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
+from deqa.schema import LABEL_FORMATS
+
 SPLIT_NAMES = ("train", "val", "test")
-SOURCE_FORMATS = ("synthetic", "generic-csv", "koniq", "kadid", "spaq", "livec", "qalign-json", "deqa-json")
+SOURCE_FORMATS = ("synthetic", *LABEL_FORMATS)
 
 
 class ConfigError(ValueError):
@@ -355,11 +357,11 @@ class EvaluateConfig(_Section):
 
 @dataclass
 class ReportConfig(_Section):
-    """``report`` stage: ``examples`` best and worst images shown; ``experiments``: compare
-    ``dvc exp show --json`` runs (false skips the call, e.g. without git)."""
+    """``report`` stage: ``examples`` best and worst images shown (one per distortion first).
+
+    Experiments are compared outside the pipeline, by ``deqa report --experiments``."""
 
     examples: int = _f(4, NON_NEGATIVE)
-    experiments: bool = True
 
 
 @dataclass

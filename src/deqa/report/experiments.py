@@ -1,7 +1,7 @@
 """DVC experiments side by side: the params that differ and the headline metrics of each run.
 
-This runs **outside** the pipeline, after ``dvc exp run``: ``deqa report --experiments`` (or
-:func:`write_experiments_page`). Inside a stage it cannot work well: ``dvc repro`` holds the
+This runs **outside** the pipeline, after ``dvc exp run``: ``deqa report --experiments``
+(:mod:`deqa.commands.report`) or :func:`write_experiments_page`. Inside a stage it cannot work well: ``dvc repro`` holds the
 repository lock while the stage runs, and experiments are git refs, which no stage can declare as a
 dependency, so a report that read them would be stale or non-reproducible.
 
@@ -14,7 +14,6 @@ file (:data:`deqa.metrics.HEADLINE_KEYS` and ``monotonicity``).
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 from dataclasses import dataclass, field, fields
@@ -151,45 +150,3 @@ def write_experiments_page(
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(html, encoding="utf-8")
     return out, table
-
-
-# ---- the `deqa report` command --------------------------------------------------------------------
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.description = (
-        "Write the pipeline report (reports/report.html, summary.md) from the outputs in the current "
-        "directory, or with --experiments the page comparing DVC experiments (run it outside dvc repro)."
-    )
-    p.add_argument(
-        "--out", default=None, help="report folder (default reports) or experiments page (default experiments.html)"
-    )
-    p.add_argument("--params", default="params.yaml", help="params file shown in the report (default params.yaml)")
-    p.add_argument("--examples", type=int, default=4, help="best and worst images shown (default 4)")
-    p.add_argument(
-        "--experiments", action="store_true", help="write the DVC experiments page instead (dvc.api.exp_show)"
-    )
-    p.add_argument(
-        "--rev", action="append", default=None, help="baseline git revision(s) of the experiments (default HEAD)"
-    )
-    p.add_argument("--num", type=int, default=1, help="experiments of the last NUM baseline commits (default 1)")
-
-
-def run(args: argparse.Namespace) -> int:
-    from deqa.report import ReportInputError, ReportSources, build_report
-
-    if args.experiments:
-        try:
-            path, table = write_experiments_page(args.out or "experiments.html", ".", args.rev, args.num)
-        except Exception as exc:  # dvc raises its own error types (no repo, no git, bad rev)
-            print(f"error: dvc experiments could not be read: {exc}")
-            return 2
-        print(markdown(table))
-        print(f"experiments: {path} ({len(table.names)} runs)")
-        return 0
-    config = argparse.Namespace(examples=args.examples)
-    try:
-        paths = build_report(args.out or "reports", ReportSources(params=args.params), config)
-    except ReportInputError as exc:
-        print(f"error: {exc}")
-        return 2
-    print(f"report: {paths['html']}, {paths['summary']}")
-    return 0
