@@ -60,11 +60,11 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from deqa.schema import MANIFEST_COLUMNS, PROVENANCE_COLUMNS, SPLITS, VOTE_COLUMNS
+from deqa.schema import LABEL_FORMATS, MANIFEST_COLUMNS, PROVENANCE_COLUMNS, SPLITS, VOTE_COLUMNS
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("generic-csv", "koniq", "kadid", "spaq", "livec", "qalign-json", "deqa-json")
+FORMATS = LABEL_FORMATS
 """Label-file formats understood by :func:`import_labels` (``synthetic`` is a source, not a file)."""
 
 KONIQ_SET_NAMES = {"training": "train", "validation": "val", "test": "test"}
