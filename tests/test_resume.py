@@ -117,7 +117,7 @@ def test_sigkill_then_resume_in_a_fresh_process_is_bit_exact(setup):
         assert time.time() < deadline, "the run never reached step 10"
         time.sleep(0.05)
     os.kill(killed.pid, signal.SIGKILL)
-    killed.wait(timeout=60)
+    killed.communicate(timeout=60)
     assert killed.returncode == -signal.SIGKILL
     ckpt = Path(cfg["ckpt"])
     assert sorted(p.name for p in ckpt.iterdir()) == ["step_0000004", "step_0000008"]
