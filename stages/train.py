@@ -37,10 +37,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if not PartialState().is_main_process:  # under `accelerate launch`: one writer
         return 0
-    last = summary["history"][-1] if summary["history"] else {}
+    sel = summary["selected"]
     write_json(args.metrics, {"steps": summary["steps"], "trainable_params": summary["trainable_params"],
-                              "val_srcc": last.get("val_srcc"), "val_plcc": last.get("val_plcc")})
-    print(f"trained {summary['steps']} steps in {summary['seconds']:.0f} s -> {args.out}")
+                              "val_srcc": sel["val_srcc"], "val_plcc": sel["val_plcc"],
+                              "selected": {"select": sel["select"], "epoch": sel["epoch"], "step": sel["step"]}})
+    print(f"trained {summary['steps']} steps in {summary['seconds']:.0f} s -> {args.out} "
+          f"({sel['select']}: epoch {sel['epoch']}, step {sel['step']}, val SRCC {sel['val_srcc']})")
     return 0
 
 
