@@ -188,17 +188,28 @@ def params_for(args):
 # ---------------------------------------------------------------------------------------------
 # scoring
 # ---------------------------------------------------------------------------------------------
-def monotonicity(df: pd.DataFrame, score: str = "pred") -> dict:
-    """Mean over (content, distortion) series of SRCC(severity, -score), pristine rows included."""
+def monotonicity(df: pd.DataFrame, score: str = "pred", bootstrap: int = 0) -> dict:
+    """Mean over (content, distortion) series of SRCC(severity, -score), pristine rows included
+    (as :func:`deqa.metrics.severity_monotonicity`); ``bootstrap`` > 0 adds a 95% interval from
+    resampling the scenes (contents) with replacement."""
     df = df.assign(severity=pd.to_numeric(df["severity"]))
     pristine = df[df["severity"] == 0]
-    per = {}
+    per, by_content = {}, {}
     for (content, name), part in df[df["severity"] > 0].groupby(["content", "distortion"]):
         series = pd.concat([pristine[pristine["content"] == content], part])
         if series[score].nunique() > 1:
-            per.setdefault(name, []).append(rc.srcc(series["severity"], -series[score]))
+            rho = rc.srcc(series["severity"], -series[score])
+            per.setdefault(name, []).append(rho)
+            by_content.setdefault(content, []).append(rho)
     every = [v for vs in per.values() for v in vs]
-    return {"mean": float(np.mean(every)), **{k: round(float(np.mean(v)), 3) for k, v in per.items()}}
+    out = {"mean": float(np.mean(every)), **{k: round(float(np.mean(v)), 3) for k, v in per.items()}}
+    if bootstrap:
+        rng = np.random.default_rng(0)
+        scenes = list(by_content.values())
+        means = [np.mean([v for i in rng.integers(0, len(scenes), len(scenes)) for v in scenes[i]])
+                 for _ in range(bootstrap)]
+        out["ci"] = [round(float(np.percentile(means, 2.5)), 3), round(float(np.percentile(means, 97.5)), 3)]
+    return out
 
 
 def summarise(pred, truth) -> dict:
@@ -221,6 +232,9 @@ def evaluate(model_dir: Path, args, labels_dir: Path) -> dict:
         test = pd.read_csv(labels_dir / "test.csv")
         for name, part in test.groupby("dataset"):
             sets[f"test/{name}"] = part
+        if "test/biq2021" not in sets:  # a model trained without BIQ2021: its test split, zero-shot
+            biq = rc.biq_frame(seed=args.seed)
+            sets["test/biq2021"] = biq[biq["split"] == "test"]
         sets["cross/livec"] = rc.livec_frame()
     sens = import_labels(sensitivity_source(args.size), "generic-csv", name="sensitivity")
     sens_meta = pd.read_csv(sensitivity_source(args.size))
@@ -230,7 +244,7 @@ def evaluate(model_dir: Path, args, labels_dir: Path) -> dict:
         out[key] = summarise(pred, part["mos"].to_numpy())
     paths = [str(Path(r) / i) for r, i in zip(sens["root"], sens["image"], strict=True)]
     sens_meta["pred"] = scorer.score(paths, progress=False).mean
-    out["sensitivity"] = monotonicity(sens_meta)
+    out["sensitivity"] = monotonicity(sens_meta, bootstrap=1000 if args.final else 0)
     pristine = sens_meta[sens_meta["severity"] == 0]["pred"].mean()
     worst = sens_meta[sens_meta["severity"] == sens_meta["severity"].max()]["pred"].mean()
     out["sensitivity"]["pristine_mean"], out["sensitivity"]["worst_mean"] = round(pristine, 3), round(worst, 3)
@@ -256,12 +270,19 @@ def ridge_on_tokens(base_dir: Path, labels_dir: Path, final: bool) -> dict:
 
     train = pd.read_csv(labels_dir / "train.csv")
     val = pd.read_csv(labels_dir / "val.csv")
+    test = pd.read_csv(labels_dir / "test.csv")
     out = {}
     for name in sorted(set(train["dataset"]) & set(val["dataset"])):
         tr, va = train[train["dataset"] == name], val[val["dataset"] == name]
         xt, xv = tokens(tr), tokens(va)
-        s, alpha, _ = rc.ridge_select(xt, tr["m"].to_numpy(), xv, va["m"].to_numpy(), standardise="none")
+        s, alpha, f = rc.ridge_select(xt, tr["m"].to_numpy(), xv, va["m"].to_numpy(), standardise="none")
         out[f"ridge_val/{name}"] = {"srcc": round(s, 4), "alpha": alpha}
+        if final:
+            te = test[test["dataset"] == name]
+            out[f"ridge_test/{name}"] = summarise(f(tokens(te)), te["mos"].to_numpy())
+            if name == "biq2021":
+                livec = rc.livec_frame()
+                out["ridge_cross/livec"] = summarise(f(tokens(livec)), livec["mos"].to_numpy())
     return out
 
 
