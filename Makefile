@@ -42,7 +42,8 @@ repro: setup
 	. $(BIN)/activate && dvc repro
 
 repro-real: setup
-	. $(BIN)/activate && dvc repro real/dvc.yaml
+	@test -d ../shared/realdata || { echo "make repro-real needs ../shared/realdata (BIQ2021 and LIVE-C) beside this checkout" >&2; exit 2; }
+	. $(BIN)/activate && dvc update real/data/biq2021.dvc real/data/livec.dvc && dvc repro real/dvc.yaml
 
 test: setup
 	. $(BIN)/activate && HF_HUB_OFFLINE=1 python -m pytest

@@ -27,20 +27,32 @@ from deqa.stage import (
 
 def main(argv: list[str] | None = None) -> int:
     args, params = parse_stage_args(
-        argv, __doc__, labels="folder of the label files", model="trained model folder",
-        base="base model folder (base_model's output)", out="output folder for predictions and plot data",
-        detail="JSON file for every metric", metrics="metrics JSON file for the headline numbers")
+        argv,
+        __doc__,
+        labels="folder of the label files",
+        model="trained model folder",
+        base="base model folder (base_model's output)",
+        out="output folder for predictions and plot data",
+        detail="JSON file for every metric",
+        metrics="metrics JSON file for the headline numbers",
+    )
     set_threads(params.train.threads)
     cfg = params.evaluate
-    require_deps({**source_inputs(cfg.extra, "evaluate.extra"), **checkpoint_inputs(args.base),
-                  **image_roots(*(Path(args.labels) / f"{split}.csv" for split in cfg.splits))})
-    from deqa.evaluation import evaluation_frames, predict, write_predictions
+    require_deps(
+        {
+            **source_inputs(cfg.extra, "evaluate.extra"),
+            **checkpoint_inputs(args.base),
+            **image_roots(*(Path(args.labels) / f"{split}.csv" for split in cfg.splits)),
+        }
+    )
+    from deqa.evaluation import evaluation_frames, predict, quarantine_counts, write_predictions
     from deqa.metrics import evaluate_predictions, headline_metrics, headline_table, write_plot_tables
     from deqa.scoring import Scorer
 
     frame = evaluation_frames(cfg, args.labels, params.base.seed, validate=params.validate)
-    scorer = Scorer.from_pretrained(args.model, base=args.base, batch_size=cfg.batch_size,
-                                    trust_remote_code=params.model.trust_remote_code)
+    scorer = Scorer.from_pretrained(
+        args.model, base=args.base, batch_size=cfg.batch_size, trust_remote_code=params.model.trust_remote_code
+    )
     predictions = predict(scorer, frame, cfg.batch_size)
     shutil.rmtree(args.out, ignore_errors=True)
     write_predictions(predictions, args.out)
@@ -50,6 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     headline = headline_metrics(detail)
     write_json(args.metrics, headline)
     print(headline_table(headline))
+    q = quarantine_counts(predictions)
+    if q["quarantined"]:
+        counts = ", ".join(f"{name}: {n}" for name, n in q["by_dataset"].items())
+        print(
+            f"evaluate: {q['quarantined']} row(s) quarantined ({counts}), reasons in {Path(args.out) / 'quarantine.csv'}"
+        )
     return 0
 
 

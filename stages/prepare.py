@@ -1,7 +1,7 @@
 """Stage ``prepare``: build the canonical manifest from the sources named in the params.
 
 Writes ``<out>/manifest.csv`` (schema: :mod:`deqa.schema`) and, for the ``synthetic`` source, its
-images and KonIQ-layout label file under ``<out>/``. Label files and image folders of the other
+images and KonIQ-layout label file under ``<out>/`` (a ``distorted`` source: under ``<out>/<name>/``). Label files and image folders of the other
 sources must be declared deps of this stage in ``dvc.yaml`` (checked before anything is read).
 """
 
@@ -24,8 +24,15 @@ def main(argv: list[str] | None = None) -> int:
     require_deps(source_inputs(cfg.sources, "prepare.sources"))
     start = time.perf_counter()
     try:
-        manifest = load_sources(cfg.sources, seed=params.base.seed, val_fraction=cfg.val_fraction,
-                                test_fraction=cfg.test_fraction, synthetic=cfg.synthetic, out_dir=args.out)
+        manifest = load_sources(
+            cfg.sources,
+            seed=params.base.seed,
+            val_fraction=cfg.val_fraction,
+            test_fraction=cfg.test_fraction,
+            synthetic=cfg.synthetic,
+            distorted=cfg.distorted,
+            out_dir=args.out,
+        )
     except (LabelImportError, SyntheticError) as exc:
         raise SystemExit(f"prepare: error: {exc}") from None
     out = Path(args.out)
@@ -34,9 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"prepare: {len(manifest)} rows -> {out / 'manifest.csv'} ({time.perf_counter() - start:.1f} s)")
     for name, part in manifest.groupby("dataset", sort=False):
         counts = part["split"].value_counts().to_dict()
-        print(f"  {name}: " + ", ".join(f"{s}={counts.get(s, 0)}" for s in ("train", "val", "test"))
-              + f"; MOS {part['mos'].min():.3f}..{part['mos'].max():.3f} (lo={part['lo'].iloc[0]:.4g},"
-              f" hi={part['hi'].iloc[0]:.4g})")
+        print(
+            f"  {name}: "
+            + ", ".join(f"{s}={counts.get(s, 0)}" for s in ("train", "val", "test"))
+            + f"; MOS {part['mos'].min():.3f}..{part['mos'].max():.3f} (lo={part['lo'].iloc[0]:.4g},"
+            f" hi={part['hi'].iloc[0]:.4g})"
+        )
     return 0
 
 

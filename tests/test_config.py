@@ -96,7 +96,7 @@ def test_dvc_yaml_stages_match_scripts_params_and_outputs():
     dvc = _yaml("dvc.yaml")
     stages = dvc["stages"]
     sections = set(to_dict(Params()))
-    expected = ["prepare", "validate", "soft_labels", "base_model", "train", "evaluate", "report"]
+    expected = ["prepare", "validate", "soft_labels", "base_model", "train", "sensitivity", "evaluate", "report"]
     assert list(stages) == expected
     used = set()
     for name, stage in stages.items():
@@ -217,11 +217,33 @@ def test_the_stages_reject_bad_params_before_any_work(tmp_path):
     data = _yaml("params.yaml")
     data["train"]["lr"] = -1
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(data))
-    res = subprocess.run([sys.executable, str(ROOT / "stages" / "train.py"), "--params", "params.yaml",
-                          "--labels", "l", "--base", "b", "--out", "o", "--checkpoints", "c", "--live", "d",
-                          "--metrics", "m.json"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "stages" / "train.py"),
+            "--params",
+            "params.yaml",
+            "--labels",
+            "l",
+            "--base",
+            "b",
+            "--out",
+            "o",
+            "--checkpoints",
+            "c",
+            "--live",
+            "d",
+            "--metrics",
+            "m.json",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode != 0 and res.stderr.strip().splitlines()[-1] == (
-        "error: params.yaml: train.lr: must be > 0, got -1")
+        "error: params.yaml: train.lr: must be > 0, got -1"
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
 
 
@@ -230,7 +252,14 @@ def test_record_reads_names_the_keys_read():
     with record_reads() as reads:
         _ = params.train.lr, params.model.tiny.heads, params.prepare.sources[0].name
         to_dict(params.loss)
-    assert reads == {"train.lr", "model.tiny.heads", "prepare.sources", "loss.kl_weight", "loss.token_weight",
-                     "loss.fidelity_weight", "loss.fidelity_sigma"}
+    assert reads == {
+        "train.lr",
+        "model.tiny.heads",
+        "prepare.sources",
+        "loss.kl_weight",
+        "loss.token_weight",
+        "loss.fidelity_weight",
+        "loss.fidelity_sigma",
+    }
     _ = params.train.epochs  # outside the block: not recorded
     assert "train.epochs" not in reads

@@ -41,6 +41,7 @@ SKIP_DIRS = {".venv", ".git", ".dvc", "__pycache__", "node_modules"}
 CONDITIONAL = {
     "stages/base_model.py": {"model.trust_remote_code"},  # read when model.base is a checkpoint
     "stages/evaluate.py": {"validate"},  # the extra sets are validated: read when evaluate.extra is set
+    "stages/prepare.py": {"prepare.distorted"},  # read when a source has format distorted (real/)
 }
 
 
@@ -60,19 +61,25 @@ def _stages(root: Path = ROOT) -> tuple:
         if not getattr(s, "cmd", None):
             continue
         params = {Path(d.fs_path).resolve(): list(d.params) for d in s.deps if type(d).__name__ == "ParamsDependency"}
-        out.append({
-            "id": f"{os.path.relpath(s.path, root)}:{s.name}", "name": s.name, "wdir": Path(s.wdir),
-            "cmd": s.cmd if isinstance(s.cmd, str) else " && ".join(s.cmd),
-            "deps": [Path(os.path.abspath(d.fs_path)) for d in s.deps if type(d).__name__ != "ParamsDependency"],
-            "outs": [Path(os.path.abspath(o.fs_path)) for o in s.outs], "params": params,
-            "ignored": _ignore_checker(repo),
-        })
+        out.append(
+            {
+                "id": f"{os.path.relpath(s.path, root)}:{s.name}",
+                "name": s.name,
+                "wdir": Path(s.wdir),
+                "cmd": s.cmd if isinstance(s.cmd, str) else " && ".join(s.cmd),
+                "deps": [Path(os.path.abspath(d.fs_path)) for d in s.deps if type(d).__name__ != "ParamsDependency"],
+                "outs": [Path(os.path.abspath(o.fs_path)) for o in s.outs],
+                "params": params,
+                "ignored": _ignore_checker(repo),
+            }
+        )
     return tuple(out)
 
 
 def _ignore_checker(repo):
     def ignored(path: Path) -> bool:
         return repo.dvcignore.is_ignored(repo.fs, str(path)) or repo.dvcignore.is_ignored(repo.fs, str(path) + "/")
+
     return ignored
 
 
@@ -87,7 +94,9 @@ def _stage(stage_id: str) -> dict:
 def _command(stage: dict) -> tuple[Path, dict[str, str]]:
     """The script a stage runs and its ``--option value`` pairs."""
     words = shlex.split(stage["cmd"])
-    assert len(words) >= 2 and Path(words[0]).name.startswith("python"), f"{stage['id']}: cmd is not `python SCRIPT ...`"
+    assert len(words) >= 2 and Path(words[0]).name.startswith("python"), (
+        f"{stage['id']}: cmd is not `python SCRIPT ...`"
+    )
     script = (stage["wdir"] / words[1]).resolve()
     options, rest = {}, words[2:]
     assert len(rest) % 2 == 0, f"{stage['id']}: expected --option value pairs, got {rest}"
@@ -123,8 +132,13 @@ def _imported_names(file: Path, module: str) -> set[str]:
             else:
                 mod = node.module or ""
             names |= {mod, *(f"{mod}.{a.name}" for a in node.names)}  # `from pkg import submodule`
-        elif (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) == "import_module"
-              and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+        elif (
+            isinstance(node, ast.Call)
+            and getattr(node.func, "attr", getattr(node.func, "id", "")) == "import_module"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
             names.add(node.args[0].value)
     return names
 
@@ -174,8 +188,9 @@ def test_code_deps_are_the_script_and_its_import_closure(stage_id):
     expected = {script} | import_closure(script)
     declared = _code_deps(stage)
     rel = lambda paths: sorted(os.path.relpath(p, stage["wdir"]) for p in paths)  # noqa: E731
-    assert declared == expected, (f"{stage_id}: add deps {rel(expected - declared)}; "
-                                  f"remove deps {rel(declared - expected)}")
+    assert declared == expected, (
+        f"{stage_id}: add deps {rel(expected - declared)}; remove deps {rel(declared - expected)}"
+    )
 
 
 @pytest.mark.parametrize("stage_id", _ids())
@@ -184,21 +199,32 @@ def test_paths_come_from_the_command_line_and_are_declared(stage_id):
     _, options = _command(stage)
     params_file = (stage["wdir"] / options.pop("params", "params.yaml")).resolve()
     assert set(stage["params"]) <= {params_file}, (
-        f"{stage_id}: declared params come from {sorted(map(str, stage['params']))}, the script reads {params_file}")
+        f"{stage_id}: declared params come from {sorted(map(str, stage['params']))}, the script reads {params_file}"
+    )
     for name, value in options.items():
         path = Path(os.path.abspath(stage["wdir"] / value))
-        assert (_covered(path, stage["deps"] + stage["outs"]) or stage["ignored"](path)), (
-            f"{stage_id}: --{name} {value} is neither a declared dep or output nor a DVC-ignored cache")
+        assert _covered(path, stage["deps"] + stage["outs"]) or stage["ignored"](path), (
+            f"{stage_id}: --{name} {value} is neither a declared dep or output nor a DVC-ignored cache"
+        )
 
 
 def test_stage_scripts_hold_no_pipeline_paths():
-    paths = {os.path.relpath(p, s["wdir"]) for s in _stages() for p in s["deps"] + s["outs"]
-             if not _covered(p, [ROOT / "src", ROOT / "stages"])}
+    paths = {
+        os.path.relpath(p, s["wdir"])
+        for s in _stages()
+        for p in s["deps"] + s["outs"]
+        if not _covered(p, [ROOT / "src", ROOT / "stages"])
+    }
     for script in sorted((ROOT / "stages").glob("*.py")):
         tree = ast.parse(script.read_text())
-        docstrings = {id(n.body[0].value) for n in ast.walk(tree)
-                      if isinstance(n, (ast.Module, ast.FunctionDef, ast.ClassDef)) and n.body
-                      and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+        docstrings = {
+            id(n.body[0].value)
+            for n in ast.walk(tree)
+            if isinstance(n, (ast.Module, ast.FunctionDef, ast.ClassDef))
+            and n.body
+            and isinstance(n.body[0], ast.Expr)
+            and isinstance(n.body[0].value, ast.Constant)
+        }
         for node in ast.walk(tree):
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
                 hits = [p for p in paths if node.value == p or node.value.startswith(p + "/")]
@@ -212,8 +238,14 @@ def test_stage_scripts_run_their_own_checkout_of_deqa(tmp_path):
     init = tmp_path / "src" / "deqa" / "__init__.py"
     init.write_text(init.read_text() + "\nprint('deqa from the copy')\n")
     for script in sorted((tmp_path / "stages").glob("*.py")):
-        res = subprocess.run([sys.executable, str(script), "--help"], cwd=tmp_path, capture_output=True, text=True,
-                             env={**os.environ, "PYTHONPATH": ""}, timeout=120)
+        res = subprocess.run(
+            [sys.executable, str(script), "--help"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": ""},
+            timeout=120,
+        )
         assert res.returncode == 0 and "deqa from the copy" in res.stdout, (script.name, res.stderr[-500:])
 
 
@@ -276,8 +308,10 @@ def test_declared_params_are_the_keys_the_stage_reads(stage_id, traces):
     read |= leaves(CONDITIONAL.get(rel, set()))
     declared = _declared_params(stage)
     missing, unread = leaves(read) - leaves(declared), leaves(declared) - leaves(read)
-    assert not missing and not unread, (f"{stage_id}: params should be {sorted(minimal_cover(read))}; "
-                                        f"read but not declared: {sorted(missing)}; declared but not read: {sorted(unread)}")
+    assert not missing and not unread, (
+        f"{stage_id}: params should be {sorted(minimal_cover(read))}; "
+        f"read but not declared: {sorted(missing)}; declared but not read: {sorted(unread)}"
+    )
 
 
 @pytest.mark.slow
@@ -294,13 +328,17 @@ def test_files_read_are_deps_and_files_written_are_outputs(stage_id, traces):
         path = repo / rel
         if path.suffix == ".py" or (path.is_dir() and _covered(path, [repo / "src", repo / "stages"])):
             continue  # code: held to the import closure above
-        assert (_covered(path, deps + outs) or path == params_file or ignored(path)
-                or (any(_covered(d, [path]) for d in deps) and path.is_dir())), (
-            f"{stage_id} read {rel}, which is not among its deps")
+        assert (
+            _covered(path, deps + outs)
+            or path == params_file
+            or ignored(path)
+            or (any(_covered(d, [path]) for d in deps) and path.is_dir())
+        ), f"{stage_id} read {rel}, which is not among its deps"
     for rel in trace["write"]:
         path = repo / rel
         assert _covered(path, outs) or ignored(path) or any(_covered(o, [path]) for o in outs), (
-            f"{stage_id} wrote {rel}, which is not among its outputs")
+            f"{stage_id} wrote {rel}, which is not among its outputs"
+        )
 
 
 def _ignore_checker_for(repo: Path):
@@ -340,8 +378,9 @@ def fix_code_deps() -> list[str]:
 
 def _is_code(path: Path) -> bool:
     path = Path(os.path.abspath(path))
-    return _covered(path, [ROOT / "src", ROOT / "stages"]) and (path.suffix == ".py" or (
-        path.is_dir() and any(path.rglob("*.py"))))
+    return _covered(path, [ROOT / "src", ROOT / "stages"]) and (
+        path.suffix == ".py" or (path.is_dir() and any(path.rglob("*.py")))
+    )
 
 
 if __name__ == "__main__":

@@ -24,16 +24,26 @@ TINY = {
     "prepare.synthetic": {"crops_per_photo": 1, "image_size": 64},
     "model.tiny": {"image_size": 64, "hidden_size": 32, "intermediate_size": 64, "layers": 1, "heads": 2},
     "train": {"epochs": 1, "batch_pairs": 8, "checkpoint_every": 10},
+    "sensitivity": {"image_size": 64, "scenes_per_kind": 1, "severities": 3},
     "evaluate": {"bootstrap": 20},
 }
 _BUILT: dict[Path, Path] = {}
 
 
 def env(**extra: str) -> dict[str, str]:
-    out = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "HF_HUB_OFFLINE": "1",
-           "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "DVC_NO_ANALYTICS": "1",
-           "GIT_AUTHOR_NAME": "deqa-test", "GIT_AUTHOR_EMAIL": "test@example.com",
-           "GIT_COMMITTER_NAME": "deqa-test", "GIT_COMMITTER_EMAIL": "test@example.com", **extra}
+    out = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "DVC_NO_ANALYTICS": "1",
+        "GIT_AUTHOR_NAME": "deqa-test",
+        "GIT_AUTHOR_EMAIL": "test@example.com",
+        "GIT_COMMITTER_NAME": "deqa-test",
+        "GIT_COMMITTER_EMAIL": "test@example.com",
+        **extra,
+    }
     for name in ("CI", "DVC_STAGE", "DVC_ROOT", "DEQA_TRACE"):
         if name not in extra:
             out.pop(name, None)

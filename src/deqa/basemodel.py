@@ -37,9 +37,20 @@ def prepare_base(cfg: ModelConfig, seed: int, out_dir: str | Path) -> dict:
         from deqa.tiny import build_tiny_llava
 
         t = cfg.tiny
-        build_tiny_llava(out, image_size=t.image_size, vision_tokens=t.vision_tokens, hidden_size=t.hidden_size,
-                         intermediate_size=t.intermediate_size, layers=t.layers, heads=t.heads, seed=seed,
-                         standardise=t.standardise, projector_act=t.projector_act)
+        build_tiny_llava(
+            out,
+            image_size=t.image_size,
+            vision_tokens=t.vision_tokens,
+            hidden_size=t.hidden_size,
+            intermediate_size=t.intermediate_size,
+            layers=t.layers,
+            heads=t.heads,
+            seed=seed,
+            standardise=t.standardise,
+            projector_act=t.projector_act,
+            vision_stats=t.vision_stats,
+            vision_layers=t.vision_layers,
+        )
         return {"kind": "tiny", "parameters": count_parameters(out)}
     src = Path(cfg.base).expanduser()
     if not src.is_dir():
@@ -70,5 +81,5 @@ def count_parameters(path: Path) -> int:
     n = 0
     for f in Path(path).glob("*.safetensors"):
         with safe_open(f, "pt") as st:
-            n += sum(prod(st.get_slice(k).get_shape()) for k in st.keys())
+            n += sum(prod(st.get_slice(k).get_shape()) for k in st.keys())  # noqa: SIM118 (safe_open is not iterable)
     return n

@@ -2,7 +2,7 @@
 
 Each top-level section of ``params.yaml`` maps to one dataclass below, named after the stage that
 owns it (``prepare``, ``validate``, ``soft_labels``, ``model``, ``train``, ``lora``, ``loss``,
-``evaluate``, ``report``) plus ``base`` (seed). Code reads them as ``params.<section>.<key>``.
+``sensitivity``, ``evaluate``, ``report``) plus ``base`` (seed). Code reads them as ``params.<section>.<key>``.
 
 :func:`load_params` (and :func:`from_dict`) check a params file completely before any stage
 work starts, and raise :class:`ConfigError` with a one-line message naming the key:
@@ -38,10 +38,10 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
-from deqa.schema import LABEL_FORMATS
+from deqa.schema import DERIVED_FORMATS, LABEL_FORMATS, VISION_LAYERS, VISION_STATS
 
 SPLIT_NAMES = ("train", "val", "test")
-SOURCE_FORMATS = ("synthetic", *LABEL_FORMATS)
+SOURCE_FORMATS = (*DERIVED_FORMATS, *LABEL_FORMATS)
 
 
 class ConfigError(ValueError):
@@ -64,13 +64,20 @@ class Range:
     def __call__(self, value: Any) -> str | None:
         if value in self.also:
             return None
-        bad = ((self.gt is not None and not value > self.gt) or (self.ge is not None and not value >= self.ge)
-               or (self.lt is not None and not value < self.lt) or (self.le is not None and not value <= self.le))
+        bad = (
+            (self.gt is not None and not value > self.gt)
+            or (self.ge is not None and not value >= self.ge)
+            or (self.lt is not None and not value < self.lt)
+            or (self.le is not None and not value <= self.le)
+        )
         return self.describe() if bad else None
 
     def describe(self) -> str:
-        parts = [f"{op} {_num(b)}" for op, b in ((">", self.gt), (">=", self.ge), ("<", self.lt), ("<=", self.le))
-                 if b is not None]
+        parts = [
+            f"{op} {_num(b)}"
+            for op, b in ((">", self.gt), (">=", self.ge), ("<", self.lt), ("<=", self.le))
+            if b is not None
+        ]
         text = " and ".join(parts)
         return "must be " + " or ".join([*(_num(a) for a in self.also), text])
 
@@ -174,8 +181,11 @@ class BaseConfig(_Section):
 class SourceConfig(_Section):
     """One data source of ``prepare`` (and of ``evaluate.extra``).
 
-    ``format`` picks the importer: ``synthetic`` (generated, no paths needed), ``koniq``,
-    ``kadid``, ``spaq``, ``livec``, ``qalign-json``, ``deqa-json`` or ``generic-csv``.
+    ``format`` picks the importer: ``synthetic`` (generated, no paths needed), ``distorted``
+    (generated from the photos of the earlier source named by ``photos``, see
+    :class:`DistortedConfig`), ``koniq``, ``kadid``, ``spaq``, ``livec``, ``qalign-json``,
+    ``deqa-json`` or ``generic-csv`` (``image, mos[, std, n_votes, split]``; e.g. BIQ2021's
+    ``labels.csv`` with ``lo: 0, hi: 1``, its published MOS range).
     ``labels`` is the label file, ``root`` the folder the image paths are relative to.
     ``lo``/``hi`` override the normalisation bounds (``null``: the observed MOS min/max).
     ``split`` forces one split for every row (``""``: the file's own split, else ``split_seed``).
@@ -193,11 +203,16 @@ class SourceConfig(_Section):
     hi: float | None = None
     split: Literal["", "train", "val", "test"] = ""
     required: bool = True
+    photos: str = ""
 
-    _OPTIONAL = ("labels", "root", "lo", "hi", "split", "required")
+    _OPTIONAL = ("labels", "root", "lo", "hi", "split", "required", "photos")
 
     def _check_together(self, where: str) -> None:
-        if self.format != "synthetic" and not self.labels.strip():
+        if self.format == "distorted" and not self.photos.strip():
+            raise ConfigError(f"{where}.photos: must name the earlier source whose photos format 'distorted' distorts")
+        if self.format != "distorted" and self.photos:
+            raise ConfigError(f"{where}.photos: only a source of format 'distorted' takes photos, got {self.photos!r}")
+        if self.format not in DERIVED_FORMATS and not self.labels.strip():
             raise ConfigError(f"{where}.labels: must name the label file of format {self.format!r}")
         if self.lo is not None and self.hi is not None and not self.lo < self.hi:
             raise ConfigError(f"{where}.lo: must be < hi ({_num(self.hi)}), got {_num(self.lo)}")
@@ -218,25 +233,68 @@ class SyntheticConfig(_Section):
     raters: int = _f(25, Range(ge=2))
     distortions: list[str] = field(
         default_factory=lambda: ["gaussian_blur", "gaussian_noise", "jpeg", "contrast", "pixelation", "motion_blur"],
-        metadata={"check": Items(nonempty=True)})
+        metadata={"check": Items(nonempty=True)},
+    )
     val_photos: list[str] = field(default_factory=lambda: ["rocket"], metadata={"check": Items(nonempty=True)})
-    test_photos: list[str] = field(default_factory=lambda: ["coffee", "china", "grace_hopper"],
-                                   metadata={"check": Items(nonempty=True)})
+    test_photos: list[str] = field(
+        default_factory=lambda: ["coffee", "china", "grace_hopper"], metadata={"check": Items(nonempty=True)}
+    )
     extra_train_photos: list[str] = field(default_factory=list, metadata={"check": Items()})
+
+
+@dataclass
+class DistortedConfig(_Section):
+    """Sources of format ``distorted``: distorted versions of another source's rated photos.
+
+    Photos whose normalised MOS is at least ``min_quality`` (1-5) serve as pristine references
+    (the way KADID-10k was built); ``max_photos`` > 0 keeps a seeded subset of them. Each appears
+    pristine and under ``distortions_per_photo`` seeded-random picks of ``distortions`` (0: all)
+    at severities 1..``severities``, its centre square resized to ``image_size``; a simulated
+    panel of ``raters`` rates them (see :func:`deqa.synthetic.generate_from_photos`). The derived
+    images keep their photo's split, so they never cross the real data's split.
+    """
+
+    image_size: int = _f(384, Range(ge=16))
+    min_quality: float = _f(4.0, Range(ge=1, le=5))
+    max_photos: int = _f(150, NON_NEGATIVE)
+    distortions_per_photo: int = _f(2, NON_NEGATIVE)
+    severities: int = _f(5, AT_LEAST_1)
+    raters: int = _f(25, Range(ge=2))
+    distortions: list[str] = field(
+        default_factory=lambda: ["gaussian_blur", "gaussian_noise", "jpeg", "contrast", "pixelation", "motion_blur"],
+        metadata={"check": Items(nonempty=True)},
+    )
+
+    def _check_together(self, where: str) -> None:
+        if self.distortions_per_photo > len(self.distortions):
+            raise ConfigError(
+                f"{where}.distortions_per_photo: must be <= the number of distortions "
+                f"({len(self.distortions)}), got {self.distortions_per_photo}"
+            )
 
 
 @dataclass
 class PrepareConfig(_Section):
     sources: list[SourceConfig] = field(default_factory=lambda: [SourceConfig()])
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    distorted: DistortedConfig = field(default_factory=DistortedConfig)
     val_fraction: float = _f(0.1, FRACTION)
     test_fraction: float = _f(0.1, FRACTION)
 
     def _check_together(self, where: str) -> None:
         _check_sources(self.sources, f"{where}.sources", nonempty=True)
+        for i, src in enumerate(self.sources):
+            earlier = {s.name: s.format for s in self.sources[:i]}
+            if src.format == "distorted" and earlier.get(src.photos) in (None, *DERIVED_FORMATS):
+                raise ConfigError(
+                    f"{where}.sources[{i}].photos: must name an earlier source read from a "
+                    f"label file, got {src.photos!r}"
+                )
         if not self.val_fraction + self.test_fraction < 1:
-            raise ConfigError(f"{where}.val_fraction + {where}.test_fraction: must be < 1, got "
-                              f"{_num(self.val_fraction + self.test_fraction)}")
+            raise ConfigError(
+                f"{where}.val_fraction + {where}.test_fraction: must be < 1, got "
+                f"{_num(self.val_fraction + self.test_fraction)}"
+            )
 
 
 def _check_sources(sources: list[SourceConfig], where: str, nonempty: bool) -> None:
@@ -255,8 +313,9 @@ class ValidateConfig(_Section):
     min_side: int = _f(16, AT_LEAST_1)
     max_pixels: int = _f(40_000_000, AT_LEAST_1)
     vote_tolerance: float = _f(0.05, NON_NEGATIVE)
-    required_splits: list[str] = field(default_factory=lambda: ["train", "val", "test"],
-                                       metadata={"check": Items(SPLIT_NAMES)})
+    required_splits: list[str] = field(
+        default_factory=lambda: ["train", "val", "test"], metadata={"check": Items(SPLIT_NAMES)}
+    )
 
 
 @dataclass
@@ -275,6 +334,10 @@ class TinyModelConfig(_Section):
     image_size: int = _f(128, Range(ge=32))
     vision_tokens: Literal["pooled", "multistage", "spatial"] = "multistage"
     standardise: bool = True
+    vision_stats: list[str] = field(
+        default_factory=lambda: ["mean", "std"], metadata={"check": Items(VISION_STATS, nonempty=True)}
+    )
+    vision_layers: Literal[VISION_LAYERS] = "stages"  # type: ignore[valid-type]
     projector_act: Literal["gelu", "linear"] = "gelu"
     hidden_size: int = _f(128, AT_LEAST_1)
     intermediate_size: int = _f(256, AT_LEAST_1)
@@ -283,8 +346,9 @@ class TinyModelConfig(_Section):
 
     def _check_together(self, where: str) -> None:
         if self.hidden_size % self.heads:
-            raise ConfigError(f"{where}.hidden_size: must be divisible by {where}.heads ({self.heads}), "
-                              f"got {self.hidden_size}")
+            raise ConfigError(
+                f"{where}.hidden_size: must be divisible by {where}.heads ({self.heads}), got {self.hidden_size}"
+            )
 
 
 @dataclass
@@ -321,8 +385,9 @@ class LoraConfig(_Section):
     r: int = _f(16, AT_LEAST_1)
     alpha: int = _f(32, AT_LEAST_1)
     dropout: float = _f(0.05, FRACTION)
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"],
-                                      metadata={"check": Items(nonempty=True)})
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "v_proj"], metadata={"check": Items(nonempty=True)}
+    )
     train_lm_head: bool = True
 
 
@@ -335,8 +400,10 @@ class LossConfig(_Section):
 
     def _check_together(self, where: str) -> None:
         if self.token_weight == 0 and self.fidelity_weight == 0:
-            raise ConfigError(f"{where}.token_weight, {where}.fidelity_weight: at least one must be > 0 "
-                              "(both 0 leaves nothing to train on)")
+            raise ConfigError(
+                f"{where}.token_weight, {where}.fidelity_weight: at least one must be > 0 "
+                "(both 0 leaves nothing to train on)"
+            )
 
 
 @dataclass
@@ -349,10 +416,28 @@ class EvaluateConfig(_Section):
     def _check_together(self, where: str) -> None:
         _check_sources(self.extra, f"{where}.extra", nonempty=False)
         for i, src in enumerate(self.extra):
-            if src.format == "synthetic":
-                raise ConfigError(f"{where}.extra[{i}].format: must name a label-file format, got 'synthetic'")
+            if src.format in DERIVED_FORMATS:
+                raise ConfigError(f"{where}.extra[{i}].format: must name a label-file format, got {src.format!r}")
         if not self.splits and not self.extra:
             raise ConfigError(f"{where}.splits: must not be empty when {where}.extra is empty (nothing to score)")
+
+
+@dataclass
+class SensitivityConfig(_Section):
+    """``sensitivity`` stage: the distortion-sensitivity set (:mod:`deqa.sensitivity`).
+
+    ``scenes_per_kind`` procedural scenes of each kind plus the package images, each pristine and
+    at severities 1..``severities`` of every distortion, rendered at ``image_size``. Evaluate it
+    by naming its label file in ``evaluate.extra`` (the metric is per-scene monotonicity).
+    """
+
+    image_size: int = _f(224, Range(ge=32))
+    scenes_per_kind: int = _f(4, NON_NEGATIVE)
+    severities: int = _f(5, AT_LEAST_1)
+    distortions: list[str] = field(
+        default_factory=lambda: ["gaussian_blur", "gaussian_noise", "jpeg", "contrast", "pixelation", "motion_blur"],
+        metadata={"check": Items(nonempty=True)},
+    )
 
 
 @dataclass
@@ -374,6 +459,7 @@ class Params(_Section):
     train: TrainConfig = field(default_factory=TrainConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    sensitivity: SensitivityConfig = field(default_factory=SensitivityConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
 

@@ -28,11 +28,11 @@ import pandas as pd
 
 from deqa.config import EvaluateConfig, ValidateConfig
 from deqa.labels import normalise
+from deqa.metrics import CROSS_SPLIT
 from deqa.schema import PREDICTION_COLUMNS, PROB_COLUMNS, PROVENANCE_COLUMNS
 
 log = logging.getLogger(__name__)
 
-CROSS_SPLIT = "cross"
 QUARANTINE_COLUMNS = ["image", "root", "dataset", "split", "reasons"]
 
 
@@ -44,14 +44,18 @@ def quarantined(frame: pd.DataFrame) -> pd.DataFrame:
 def quarantine_counts(frame: pd.DataFrame) -> dict:
     """``{"quarantined": n, "by_dataset": {name: n}}`` for a metrics file or a console line."""
     q = quarantined(frame)
-    return {"quarantined": len(q), "by_dataset": {str(k): int(v) for k, v in q["dataset"].value_counts().sort_index().items()}}
+    return {
+        "quarantined": len(q),
+        "by_dataset": {str(k): int(v) for k, v in q["dataset"].value_counts().sort_index().items()},
+    }
 
 
 def _quarantine_records(rows: pd.DataFrame, reasons: list[str]) -> list[dict]:
     out = []
-    for (_, r), why in zip(rows.iterrows(), reasons):
-        out.append({c: (None if pd.isna(r.get(c)) else str(r.get(c))) for c in QUARANTINE_COLUMNS[:-1]}
-                   | {"reasons": why})
+    for (_, r), why in zip(rows.iterrows(), reasons, strict=False):
+        out.append(
+            {c: (None if pd.isna(r.get(c)) else str(r.get(c))) for c in QUARANTINE_COLUMNS[:-1]} | {"reasons": why}
+        )
     return out
 
 
@@ -66,25 +70,47 @@ def extra_set(source, seed: int = 0, validate: ValidateConfig | None = None) -> 
     from deqa.validation import validate_manifest
 
     v = validate or ValidateConfig()
-    cfg = ValidateConfig(on_error="quarantine", min_rows=1, min_side=v.min_side, max_pixels=v.max_pixels,
-                         vote_tolerance=v.vote_tolerance, required_splits=[])
-    df = import_labels(source.labels, source.format, root=source.root, name=source.name, lo=source.lo,
-                       hi=source.hi, split="test", seed=seed, annotate=True)
+    cfg = ValidateConfig(
+        on_error="quarantine",
+        min_rows=1,
+        min_side=v.min_side,
+        max_pixels=v.max_pixels,
+        vote_tolerance=v.vote_tolerance,
+        required_splits=[],
+    )
+    df = import_labels(
+        source.labels,
+        source.format,
+        root=source.root,
+        name=source.name,
+        lo=source.lo,
+        hi=source.hi,
+        split="test",
+        seed=seed,
+        annotate=True,
+    )
     result = validate_manifest(df, cfg, required_splits=[], progress=False)
     kept = result.kept.copy()
     kept["split"] = CROSS_SPLIT
     q = result.quarantined.assign(split=CROSS_SPLIT)
     records = _quarantine_records(q, list(q["reasons"]))
     if records:
-        log.warning("evaluate: extra set %s: %d of %d row(s) quarantined, e.g. %s: %s", source.name,
-                    len(records), len(df), records[0]["image"], records[0]["reasons"])
+        log.warning(
+            "evaluate: extra set %s: %d of %d row(s) quarantined, e.g. %s: %s",
+            source.name,
+            len(records),
+            len(df),
+            records[0]["image"],
+            records[0]["reasons"],
+        )
     if len(kept):
         kept["m"], kept["s"] = normalise(kept["mos"], kept["std"], kept["lo"], kept["hi"])
     return kept, records
 
 
-def evaluation_frames(cfg: EvaluateConfig, labels_dir: str | Path, seed: int = 0,
-                      validate: ValidateConfig | None = None) -> pd.DataFrame:
+def evaluation_frames(
+    cfg: EvaluateConfig, labels_dir: str | Path, seed: int = 0, validate: ValidateConfig | None = None
+) -> pd.DataFrame:
     """The rows to score: the configured splits of the label files plus the validated extra sets.
 
     Quarantined extra rows are in ``attrs["quarantined"]`` (see :func:`quarantined`).
@@ -123,7 +149,7 @@ def predict(scorer, frame: pd.DataFrame, batch_size: int = 32, progress: bool = 
 
     from deqa.scoring import ScoreResult
 
-    paths = [str(Path(r) / i) for r, i in zip(frame["root"].astype(str), frame["image"].astype(str))]
+    paths = [str(Path(r) / i) for r, i in zip(frame["root"].astype(str), frame["image"].astype(str), strict=False)]
     scored, results, failed = [], [], {}
     with tqdm(total=len(paths), desc="evaluate", unit="img", disable=not progress) as bar:
         for batch in scorer.iter_score(paths, batch_size=batch_size):

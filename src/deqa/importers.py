@@ -54,8 +54,8 @@ import io
 import json
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -78,8 +78,27 @@ class LabelImportError(ValueError):
 # helpers
 # --------------------------------------------------------------------------------------------
 # the strings pandas.read_csv reads as missing by default
-NA_STRINGS = {"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
-              "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"}
+NA_STRINGS = {
+    "",
+    "#N/A",
+    "#N/A N/A",
+    "#NA",
+    "-1.#IND",
+    "-1.#QNAN",
+    "-NaN",
+    "-nan",
+    "1.#IND",
+    "1.#QNAN",
+    "<NA>",
+    "N/A",
+    "NA",
+    "NULL",
+    "NaN",
+    "None",
+    "n/a",
+    "nan",
+    "null",
+}
 HELPER_PREFIX = "_"
 
 
@@ -123,7 +142,9 @@ def read_csv_rows(path: Path, fmt: str = "csv") -> pd.DataFrame:
             lines.append(start)
             errors.append(error)
     except csv.Error as exc:
-        raise LabelImportError(f"{path}: not a readable CSV file for format {fmt!r}: line {reader.line_num}: {exc}") from None
+        raise LabelImportError(
+            f"{path}: not a readable CSV file for format {fmt!r}: line {reader.line_num}: {exc}"
+        ) from None
     if header is None:
         return pd.DataFrame()
     df = pd.DataFrame(rows, columns=header, dtype=object)
@@ -174,7 +195,9 @@ def _texts(series) -> pd.Series:
     """The original text of each value that is present but not a number (else None)."""
     raw = pd.Series(series, dtype=object).reset_index(drop=True)
     bad = pd.to_numeric(raw, errors="coerce").isna() & raw.notna()
-    return pd.Series([str(v) if b and not isinstance(v, float) else None for v, b in zip(raw, bad)], dtype=object)
+    return pd.Series(
+        [str(v) if b and not isinstance(v, float) else None for v, b in zip(raw, bad, strict=False)], dtype=object
+    )
 
 
 def _posix(path: str) -> str:
@@ -209,25 +232,21 @@ def _frame(images, mos, std=None, n_votes=None, split=None, votes=None, source=N
     return df
 
 
-def seeded_split(
-    keys: pd.Series, seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.1
-) -> pd.Series:
+def seeded_split(keys: pd.Series, seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.1) -> pd.Series:
     """Assign train/val/test per distinct key (an image, or a reference image for grouped data).
 
     Keys are sorted before the seeded permutation, so the result does not depend on row order.
     """
     if not (val_fraction >= 0 and test_fraction >= 0 and val_fraction + test_fraction <= 1):
-        raise LabelImportError(
-            f"val_fraction + test_fraction must lie in [0, 1], got {val_fraction} + {test_fraction}"
-        )
+        raise LabelImportError(f"val_fraction + test_fraction must lie in [0, 1], got {val_fraction} + {test_fraction}")
     uniq = np.array(sorted(pd.unique(keys.astype(str))), dtype=object)
     order = np.random.default_rng(seed).permutation(len(uniq))
-    n_test = int(round(test_fraction * len(uniq)))
-    n_val = int(round(val_fraction * len(uniq)))
+    n_test = round(test_fraction * len(uniq))
+    n_val = round(val_fraction * len(uniq))
     assign = np.full(len(uniq), "train", dtype=object)
     assign[order[:n_test]] = "test"
-    assign[order[n_test:n_test + n_val]] = "val"
-    return keys.astype(str).map(dict(zip(uniq, assign))).astype(object)
+    assign[order[n_test : n_test + n_val]] = "val"
+    return keys.astype(str).map(dict(zip(uniq, assign, strict=False))).astype(object)
 
 
 # --------------------------------------------------------------------------------------------
@@ -246,9 +265,7 @@ def _read_koniq(path: Path):
             total = counts.sum(axis=1)
     else:  # distributions_sets layout: vote fractions, MOS column = MOS_zscore (0-100)
         if total is None:
-            raise LabelImportError(
-                f"{path}: KonIQ distributions layout (fractions c1..c5) needs the c_total column"
-            )
+            raise LabelImportError(f"{path}: KonIQ distributions layout (fractions c1..c5) needs the c_total column")
         with np.errstate(invalid="ignore"):
             frac_sum = fr.sum(axis=1)
         if len(df) and np.nanmax(np.abs(frac_sum - 1)) > 1e-3:
@@ -283,9 +300,7 @@ def _read_spaq(path: Path):
         try:
             df = pd.read_excel(path, dtype=str)
         except ImportError as exc:
-            raise LabelImportError(
-                f"{path}: reading Excel needs openpyxl ({exc}); or save the sheet as CSV"
-            ) from None
+            raise LabelImportError(f"{path}: reading Excel needs openpyxl ({exc}); or save the sheet as CSV") from None
     else:
         df = _read_csv(path, "spaq")
     cols = _require(df, path, "spaq", [("Image name", "image_name", "image"), ("MOS", "mos")])
@@ -459,11 +474,16 @@ def load_sources(
     out_dir: str | Path = "data/prepare",
     progress: bool = True,
     annotate: bool = False,
+    distorted=None,
 ) -> pd.DataFrame:
     """Import and concatenate several sources (``SourceConfig`` objects), each with its own bounds.
 
     A ``synthetic`` source is generated first (``synthetic``: a ``SyntheticConfig``) into
-    ``out_dir`` and then loaded through the KonIQ importer. ``annotate``: as in :func:`import_labels`.
+    ``out_dir`` and then loaded through the KonIQ importer. A ``distorted`` source is generated
+    (``distorted``: a ``DistortedConfig``) into ``out_dir/<name>`` from the rated photos of the
+    earlier source its ``photos`` names, each derived image in its photo's split, and loaded
+    through the ``generic-csv`` importer with bounds ``lo: 1, hi: 5`` unless the source sets them
+    (the simulated panel rates on 1-5). ``annotate``: as in :func:`import_labels`.
     """
     if not sources:
         raise LabelImportError("prepare.sources is empty: name at least one data source")
@@ -471,8 +491,11 @@ def load_sources(
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise LabelImportError(f"source names must be unique, repeated: {', '.join(dupes)}")
-    frames = []
+    frames: dict[str, pd.DataFrame] = {}
     for src in sources:
+        if src.format == "distorted":
+            frames[src.name] = _distorted_source(src, frames, distorted, seed, out_dir, progress, annotate)
+            continue
         if src.format != "synthetic" and not getattr(src, "required", True) and not Path(src.labels).is_file():
             log.warning("source %s: label file %s not found; skipped (required: false)", src.name, src.labels)
             continue
@@ -481,12 +504,68 @@ def load_sources(
             from deqa.synthetic import generate
 
             labels, images_root = generate(synthetic or SyntheticConfig(), out_dir, seed=seed, progress=progress)
-            frame = import_labels(labels, "koniq", root=src.root or images_root, name=src.name,
-                                  lo=src.lo, hi=src.hi, split=src.split, seed=seed, annotate=annotate)
+            frame = import_labels(
+                labels,
+                "koniq",
+                root=src.root or images_root,
+                name=src.name,
+                lo=src.lo,
+                hi=src.hi,
+                split=src.split,
+                seed=seed,
+                annotate=annotate,
+            )
         else:
-            frame = import_labels(src.labels, src.format, root=src.root, name=src.name, lo=src.lo,
-                                  hi=src.hi, split=src.split, seed=seed,
-                                  val_fraction=val_fraction, test_fraction=test_fraction, annotate=annotate)
-        frames.append(frame)
-    out = pd.concat(frames, ignore_index=True)
+            frame = import_labels(
+                src.labels,
+                src.format,
+                root=src.root,
+                name=src.name,
+                lo=src.lo,
+                hi=src.hi,
+                split=src.split,
+                seed=seed,
+                val_fraction=val_fraction,
+                test_fraction=test_fraction,
+                annotate=annotate,
+            )
+        frames[src.name] = frame
+    out = pd.concat(list(frames.values()), ignore_index=True)
     return out[_columns(out, annotate)]
+
+
+def _distorted_source(
+    src, frames: dict[str, pd.DataFrame], cfg, seed: int, out_dir: str | Path, progress: bool, annotate: bool
+) -> pd.DataFrame:
+    from deqa.config import DistortedConfig
+    from deqa.synthetic import generate_from_photos, photos_from_manifest
+
+    cfg = cfg or DistortedConfig()
+    if src.photos not in frames:
+        raise LabelImportError(
+            f"source {src.name}: photos {src.photos!r} is not an earlier source "
+            f"(loaded so far: {', '.join(frames) or 'none'})"
+        )
+    photos = photos_from_manifest(frames[src.photos], min_quality=cfg.min_quality, max_photos=cfg.max_photos, seed=seed)
+    labels = generate_from_photos(
+        photos,
+        Path(out_dir) / src.name,
+        image_size=cfg.image_size,
+        distortions=cfg.distortions,
+        severities=cfg.severities,
+        distortions_per_photo=cfg.distortions_per_photo,
+        raters=cfg.raters,
+        seed=seed,
+        progress=progress,
+    )
+    return import_labels(
+        labels,
+        "generic-csv",
+        root=src.root or labels.parent,
+        name=src.name,
+        lo=1.0 if src.lo is None else src.lo,
+        hi=5.0 if src.hi is None else src.hi,
+        split=src.split,
+        seed=seed,
+        annotate=annotate,
+    )

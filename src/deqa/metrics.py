@@ -51,6 +51,7 @@ LEVEL_NAMES = tuple(f"{k} {name}" for k, name in enumerate(LEVELS, start=1))
 """Level labels used in plot tables: ``"1 bad"``..``"5 excellent"`` (sort in level order)."""
 
 OVERALL = "overall"
+CROSS_SPLIT = "cross"  # the split of the evaluate.extra sets (deqa.evaluation)
 """Key of the all-datasets group in :func:`evaluate_predictions`."""
 
 ROUND = 6
@@ -495,7 +496,9 @@ def evaluate_predictions(df: pd.DataFrame, bootstrap: int = 1000, seed: int = 0)
 
     ``df`` follows :data:`deqa.schema.PREDICTION_COLUMNS` (with optional provenance columns).
     Each set is :func:`set_metrics` with ``bootstrap`` resamples seeded by ``seed``; a split with
-    two or more datasets also gets ``overall`` (all its rows; with one dataset it would repeat it).
+    two or more datasets also gets ``overall`` (all its rows; with one dataset it would repeat it),
+    except the cross-dataset split ``cross``, whose sets are unrelated tests (LIVE-C next to a
+    sensitivity set with nominal MOS) that pooled numbers would only blur.
     Splits and datasets in sorted order; JSON-ready (no NaN) for :func:`deqa.stage.write_json`.
     """
     _check_frame(df)
@@ -503,7 +506,8 @@ def evaluate_predictions(df: pd.DataFrame, bootstrap: int = 1000, seed: int = 0)
     for split in sorted(df["split"].astype(str).unique()):
         part = df[df["split"].astype(str) == split]
         datasets = sorted(part["dataset"].astype(str).unique())
-        block = {OVERALL: set_metrics(part, bootstrap, seed)} if len(datasets) > 1 else {}
+        pooled = len(datasets) > 1 and split != CROSS_SPLIT
+        block = {OVERALL: set_metrics(part, bootstrap, seed)} if pooled else {}
         for dataset in datasets:
             block[dataset] = set_metrics(part[part["dataset"].astype(str) == dataset], bootstrap, seed)
         out[split] = block

@@ -39,13 +39,24 @@ LOG_FORMAT = "%(levelname).1s %(name)s: %(message)s"
 def setup_logging() -> None:
     """INFO-level logging with a short format, on stderr (shown by ``dvc repro``)."""
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, force=True)
-    for noisy in ("urllib3", "filelock", "matplotlib", "PIL", "fsspec", "great_expectations", "dvc", "scmrepo",
-                  "accelerate", "httpx"):
+    for noisy in (
+        "urllib3",
+        "filelock",
+        "matplotlib",
+        "PIL",
+        "fsspec",
+        "great_expectations",
+        "dvc",
+        "scmrepo",
+        "accelerate",
+        "httpx",
+    ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def parse_stage_args(argv: list[str] | None, description: str | None,
-                     **paths: str) -> tuple[argparse.Namespace, Params]:
+def parse_stage_args(
+    argv: list[str] | None, description: str | None, **paths: str
+) -> tuple[argparse.Namespace, Params]:
     """Parse ``--params`` and the required path options ``paths`` (``name="help"``; ``--name``).
 
     Returns the arguments and the checked params; exits with status 2 and a one-line message on
@@ -73,10 +84,16 @@ def _check_package_location() -> None:
 
     script = Path(sys.argv[0]).resolve()
     own = script.parents[1] / "src" / "deqa" if len(script.parents) > 1 else None
-    if (own is not None and script.parent.name == "stages" and own.is_dir()
-            and Path(deqa.__file__).resolve().parent != own.resolve()):
-        raise SystemExit(f"error: {script} imported deqa from {Path(deqa.__file__).parent}, not from its "
-                         f"own checkout ({own}); put `sys.path.insert(0, <checkout>/src)` before the deqa imports")
+    if (
+        own is not None
+        and script.parent.name == "stages"
+        and own.is_dir()
+        and Path(deqa.__file__).resolve().parent != own.resolve()
+    ):
+        raise SystemExit(
+            f"error: {script} imported deqa from {Path(deqa.__file__).parent}, not from its "
+            f"own checkout ({own}); put `sys.path.insert(0, <checkout>/src)` before the deqa imports"
+        )
 
 
 def set_threads(n: int) -> None:
@@ -114,6 +131,8 @@ def source_inputs(sources: list, key: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for i, src in enumerate(sources):
         where = f"{key}[{i}]"
+        if src.format == "distorted":  # generated from another source's photos, already listed
+            continue
         if src.format != "synthetic":
             if not Path(src.labels).is_file() and not src.required:
                 _refuse_silent_skip(f"{where}.labels", src.labels)
@@ -153,7 +172,8 @@ def _refuse_silent_skip(key: str, path: str) -> None:
             f"error: {key}: {path} is not reachable from this temporary experiment copy ({Path.cwd()}), "
             f"but exists from the original repository ({original / path}); relative paths outside the "
             "repository do not travel with `dvc exp run --temp/--queue`: use an absolute path, "
-            "`dvc import-url`, or run the experiment in the workspace")
+            "`dvc import-url`, or run the experiment in the workspace"
+        )
 
 
 def _original_wdir() -> Path | None:
@@ -177,8 +197,10 @@ def require_deps(inputs: dict[str, str]) -> None:
     for key, path in inputs.items():
         target = Path(os.path.realpath(path))
         if not any(target == d or d in target.parents for d in deps):
-            raise SystemExit(f"error: {key}: {path} is read by stage '{name}' but is not among its deps in "
-                             f"{dvcfile}; add `- {path}` to its deps")
+            raise SystemExit(
+                f"error: {key}: {path} is read by stage '{name}' but is not among its deps in "
+                f"{dvcfile}; add `- {path}` to its deps"
+            )
 
 
 def declared_deps() -> tuple[str, str, list[Path]]:
@@ -196,8 +218,7 @@ def declared_deps() -> tuple[str, str, list[Path]]:
         raise SystemExit(f"error: stage '{name}' runs outside a DVC repository ({Path.cwd()})")
     cwd = Path.cwd().resolve()
     with _untraced(), Repo(str(root)) as repo:  # DVC reading dvc.yaml/params.yaml is not the stage's input
-        found = [s for s in repo.index.stages
-                 if getattr(s, "name", None) == name and Path(s.wdir).resolve() == cwd]
+        found = [s for s in repo.index.stages if getattr(s, "name", None) == name and Path(s.wdir).resolve() == cwd]
         if len(found) != 1:
             raise SystemExit(f"error: cannot find DVC stage '{name}' with working directory {cwd} in {root}")
         stage = found[0]
@@ -260,11 +281,16 @@ def _start_trace(trace_file: str, params_file: str) -> None:
             note("read", args[0])
 
     def dump() -> None:
-        record = {"stage": os.environ.get("DVC_STAGE"), "root": str(root),
-                  "wdir": Path(os.path.relpath(Path.cwd(), root)).as_posix(),
-                  "script": Path(os.path.relpath(os.path.abspath(sys.argv[0]), root)).as_posix(),
-                  "params_file": Path(os.path.relpath(params_path, root)).as_posix(),
-                  "params": sorted(reads), "read": sorted(files["read"]), "write": sorted(files["write"])}
+        record = {
+            "stage": os.environ.get("DVC_STAGE"),
+            "root": str(root),
+            "wdir": Path(os.path.relpath(Path.cwd(), root)).as_posix(),
+            "script": Path(os.path.relpath(os.path.abspath(sys.argv[0]), root)).as_posix(),
+            "params_file": Path(os.path.relpath(params_path, root)).as_posix(),
+            "params": sorted(reads),
+            "read": sorted(files["read"]),
+            "write": sorted(files["write"]),
+        }
         with open(trace_file, "a") as fh:
             fh.write(json.dumps(record) + "\n")
 

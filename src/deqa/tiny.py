@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -35,19 +36,25 @@ from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedMode
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from deqa import LEVELS
+from deqa.schema import VISION_LAYERS, VISION_STATS
 
 MODEL_TYPE = "deqa_mobilenet_v2"
 # (expand ratio t, channels c, repeats n, stride s), torchvision's MobileNetV2 table
 _INVERTED_RESIDUAL_SETTING = [
-    (1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
-    (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1),
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
 ]
 # indices of `features` that end a stage (their channel counts sum to 1992)
 STAGE_ENDS = (1, 3, 6, 10, 13, 16, 17, 18)
 _BLOCK_CHANNELS = (32, 16, 24, 24, 32, 32, 32, 64, 64, 64, 64, 96, 96, 96, 160, 160, 160, 320, 1280)
-LAYER_SETS = {"stages": STAGE_ENDS, "all": tuple(range(len(_BLOCK_CHANNELS)))}
+LAYER_SETS = dict(zip(VISION_LAYERS, (STAGE_ENDS, tuple(range(len(_BLOCK_CHANNELS)))), strict=True))
 """Blocks whose outputs the ``multistage`` token summarises."""
-STATS = ("mean", "std", "max", "gstd", "skew")
+STATS = VISION_STATS
 """Per-channel spatial statistics a ``multistage`` token can hold: mean, std (population), max,
 ``gstd`` (the std of the channel's means over a 4x4 grid of cells: how it varies across the
 image) and ``skew`` (the third standardised moment)."""
@@ -58,8 +65,16 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 class MobileNetV2VisionConfig(PretrainedConfig):
     model_type = MODEL_TYPE
 
-    def __init__(self, image_size: int = 128, tokens: str = "multistage", standardise: bool = False,
-                 stats: tuple | list = ("mean", "std"), layers: str = "stages", micro_batch: int = 4, **kwargs):
+    def __init__(
+        self,
+        image_size: int = 128,
+        tokens: str = "multistage",
+        standardise: bool = False,
+        stats: tuple | list = ("mean", "std"),
+        layers: str = "stages",
+        micro_batch: int = 4,
+        **kwargs,
+    ):
         if tokens not in ("pooled", "multistage", "spatial"):
             raise ValueError(f"tokens must be pooled, multistage or spatial, got {tokens!r}")
         unknown = [s for s in stats if s not in STATS]
@@ -97,7 +112,7 @@ def _conv_bn(inp: int, oup: int, kernel: int = 3, stride: int = 1, groups: int =
 class _InvertedResidual(nn.Module):
     def __init__(self, inp: int, oup: int, stride: int, expand_ratio: int):
         super().__init__()
-        hidden = int(round(inp * expand_ratio))
+        hidden = round(inp * expand_ratio)
         self.use_res_connect = stride == 1 and inp == oup
         layers: list[nn.Module] = []
         if expand_ratio != 1:
@@ -120,7 +135,7 @@ class MobileNetV2VisionModel(PreTrainedModel):
     config: MobileNetV2VisionConfig
     base_model_prefix = "mobilenet_v2"
     main_input_name = "pixel_values"
-    _no_split_modules: list[str] = []
+    _no_split_modules: ClassVar[list[str]] = []
 
     def __init__(self, config: MobileNetV2VisionConfig):
         super().__init__(config)
@@ -232,7 +247,7 @@ def calibration_crops(size: int, per_photo: int = 16, seed: int = 0) -> torch.Te
             side = int(rng.integers(min(size, min(img.shape[:2])), min(img.shape[:2]) + 1))
             y = int(rng.integers(0, img.shape[0] - side + 1))
             x = int(rng.integers(0, img.shape[1] - side + 1))
-            crop = Image.fromarray(img[y:y + side, x:x + side, :3]).resize((size, size), Image.BICUBIC)
+            crop = Image.fromarray(img[y : y + side, x : x + side, :3]).resize((size, size), Image.BICUBIC)
             crops.append(np.asarray(crop, dtype=np.float32) / 255.0)
     x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2)
     return (x - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
@@ -250,8 +265,9 @@ def calibrate_standardisation(tower: MobileNetV2VisionModel, seed: int = 0) -> N
     was = tower.config.standardise
     tower.config.standardise = False
     tower.eval()
-    tokens = torch.cat([tower(chunk).last_hidden_state for chunk in
-                        calibration_crops(tower.config.image_size, seed=seed).split(32)])
+    tokens = torch.cat(
+        [tower(chunk).last_hidden_state for chunk in calibration_crops(tower.config.image_size, seed=seed).split(32)]
+    )
     flat = tokens.reshape(-1, tokens.shape[-1])
     tower.feature_mean.copy_(flat.mean(0))
     tower.feature_std.copy_(flat.std(0).clamp_min(1e-4))
@@ -294,8 +310,12 @@ def build_tokenizer(texts: list[str]):
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.decoder = decoders.WordPiece()
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", bos_token="<s>",
-        eos_token="</s>", extra_special_tokens={"image_token": "<image>"},
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        extra_special_tokens={"image_token": "<image>"},
     )
     tokenizer.add_special_tokens({"additional_special_tokens": SPECIALS[4:]})
     tokenizer.padding_side = "right"
@@ -303,18 +323,33 @@ def build_tokenizer(texts: list[str]):
     return tokenizer
 
 
-def build_tiny_llava(out_dir: str | Path, *, image_size: int, vision_tokens: str, hidden_size: int,
-                     intermediate_size: int, layers: int, heads: int, seed: int,
-                     standardise: bool = False, projector_act: str = "gelu",
-                     vision_stats: tuple | list = ("mean", "std"), vision_layers: str = "stages") -> Path:
+def build_tiny_llava(
+    out_dir: str | Path,
+    *,
+    image_size: int,
+    vision_tokens: str,
+    hidden_size: int,
+    intermediate_size: int,
+    layers: int,
+    heads: int,
+    seed: int,
+    standardise: bool = False,
+    projector_act: str = "gelu",
+    vision_stats: tuple | list = ("mean", "std"),
+    vision_layers: str = "stages",
+) -> Path:
     """Build and save the embedded default LLaVA to ``out_dir``; returns the directory.
 
     ``vision_stats``/``vision_layers`` shape the ``multistage`` token (see
     :class:`MobileNetV2VisionConfig`); the defaults give the 3,984-d mean+std of the 8 stage ends.
     """
     from transformers import (
-        CLIPImageProcessorPil, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration,
-        LlavaProcessor, set_seed,
+        CLIPImageProcessorPil,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+        set_seed,
     )
 
     from deqa.prompts import ANSWER_TEMPLATE, QUESTIONS
@@ -322,20 +357,30 @@ def build_tiny_llava(out_dir: str | Path, *, image_size: int, vision_tokens: str
     set_seed(seed)
     texts = QUESTIONS + [ANSWER_TEMPLATE.format(level=level) for level in LEVELS]
     tokenizer = build_tokenizer(texts)
-    vision = MobileNetV2VisionConfig(image_size=image_size, tokens=vision_tokens, standardise=standardise,
-                                     stats=vision_stats, layers=vision_layers)
+    vision = MobileNetV2VisionConfig(
+        image_size=image_size, tokens=vision_tokens, standardise=standardise, stats=vision_stats, layers=vision_layers
+    )
     text = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size,
-        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
-        max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=False,
     )
     config = LlavaConfig(
-        vision_config=vision, text_config=text,
+        vision_config=vision,
+        text_config=text,
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-        vision_feature_layer=-1, vision_feature_select_strategy="full",
-        projector_hidden_act=projector_act, tie_word_embeddings=False,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+        projector_hidden_act=projector_act,
+        tie_word_embeddings=False,
     )
     model = LlavaForConditionalGeneration(config)
     load_imagenet_weights(model.model.vision_tower)
@@ -344,13 +389,20 @@ def build_tiny_llava(out_dir: str | Path, *, image_size: int, vision_tokens: str
     model.eval()
 
     image_processor = CLIPImageProcessorPil(
-        size={"height": image_size, "width": image_size}, crop_size={"height": image_size, "width": image_size},
-        do_center_crop=False, do_resize=True, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD,
+        size={"height": image_size, "width": image_size},
+        crop_size={"height": image_size, "width": image_size},
+        do_center_crop=False,
+        do_resize=True,
+        image_mean=IMAGENET_MEAN,
+        image_std=IMAGENET_STD,
         do_convert_rgb=True,
     )
     processor = LlavaProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, patch_size=vision.patch_size,
-        vision_feature_select_strategy="full", chat_template=CHAT_TEMPLATE,
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=vision.patch_size,
+        vision_feature_select_strategy="full",
+        chat_template=CHAT_TEMPLATE,
     )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
