@@ -49,8 +49,9 @@ def test_a_few_steps_lower_the_loss(data, tmp_path):
     def loss_of(model):
         with torch.no_grad():
             out = model(**batch["inputs"])
-            return deqa_loss(out.logits, batch["labels"], batch["level_pos"], conv.level_ids, batch["target"],
-                             batch["m"], batch["s"])["loss"].item()
+            return deqa_loss(
+                out.logits, batch["labels"], batch["level_pos"], conv.level_ids, batch["target"], batch["m"], batch["s"]
+            )["loss"].item()
 
     before = loss_of(prepare_model(load_model(base), params)[0].eval())
     train(params, labels, base, tmp_path / "model", tmp_path / "ckpt", None, progress=False)
@@ -66,10 +67,19 @@ def test_a_few_steps_lower_the_loss(data, tmp_path):
 def test_resume_matches_an_uninterrupted_run_bit_for_bit(data, tmp_path):
     base, labels = data
     params = small_params(epochs=2, checkpoint_every=2, log_every=2)
-    full = train(params, labels, base, tmp_path / "full", tmp_path / "ckpt_full", tmp_path / "live_full",
-                 progress=False)
-    part = train(params, labels, base, tmp_path / "resumed", tmp_path / "ckpt", tmp_path / "live", stop_after_steps=3,
-                 progress=False)
+    full = train(
+        params, labels, base, tmp_path / "full", tmp_path / "ckpt_full", tmp_path / "live_full", progress=False
+    )
+    part = train(
+        params,
+        labels,
+        base,
+        tmp_path / "resumed",
+        tmp_path / "ckpt",
+        tmp_path / "live",
+        stop_after_steps=3,
+        progress=False,
+    )
     assert part["interrupted"] and not (tmp_path / "resumed").exists()
     done = train(params, labels, base, tmp_path / "resumed", tmp_path / "ckpt", tmp_path / "live", progress=False)
     assert done["steps"] == full["steps"] and done["history"] == full["history"]
@@ -81,10 +91,19 @@ def test_resume_matches_an_uninterrupted_run_bit_for_bit(data, tmp_path):
 
 def test_stale_checkpoint_is_not_resumed(data, tmp_path):
     base, labels = data
-    train(small_params(epochs=2, checkpoint_every=2), labels, base, tmp_path / "m", tmp_path / "ckpt", None,
-          stop_after_steps=2, progress=False)
-    other = train(small_params(epochs=1, lr=1e-3), labels, base, tmp_path / "m", tmp_path / "ckpt", None,
-                  progress=False)
+    train(
+        small_params(epochs=2, checkpoint_every=2),
+        labels,
+        base,
+        tmp_path / "m",
+        tmp_path / "ckpt",
+        None,
+        stop_after_steps=2,
+        progress=False,
+    )
+    other = train(
+        small_params(epochs=1, lr=1e-3), labels, base, tmp_path / "m", tmp_path / "ckpt", None, progress=False
+    )
     assert other["steps"] == other["total_steps"] and not other["interrupted"]
 
 
@@ -108,8 +127,15 @@ def test_select_best_saves_the_best_epoch_and_last_the_last(data, tmp_path, monk
     runs = {}
     for select in ("best", "last"):
         script[:] = [0.8, 0.3, 0.5]
-        runs[select] = train(small_params(epochs=3, select=select), labels, base, tmp_path / select,
-                             tmp_path / f"c_{select}", None, progress=False)
+        runs[select] = train(
+            small_params(epochs=3, select=select),
+            labels,
+            base,
+            tmp_path / select,
+            tmp_path / f"c_{select}",
+            None,
+            progress=False,
+        )
     best, last = runs["best"], runs["last"]
     assert [h["val_srcc"] for h in best["history"]] == [0.8, 0.3, 0.5]
     assert best["selected"] == {"select": "best", **best["history"][0]}
@@ -117,8 +143,16 @@ def test_select_best_saves_the_best_epoch_and_last_the_last(data, tmp_path, monk
     per_epoch = best["history"][0]["step"]
 
     script[:] = [0.8]
-    train(small_params(epochs=3, select="best"), labels, base, tmp_path / "x", tmp_path / "c_stop", None,
-          stop_after_steps=per_epoch, progress=False)
+    train(
+        small_params(epochs=3, select="best"),
+        labels,
+        base,
+        tmp_path / "x",
+        tmp_path / "c_stop",
+        None,
+        stop_after_steps=per_epoch,
+        progress=False,
+    )
     at_epoch_end = load_file(str(tmp_path / "c_stop" / f"step_{per_epoch:07d}" / "model.safetensors"))
     saved = {s: PeftModel.from_pretrained(load_model(base), tmp_path / s).state_dict() for s in ("best", "last")}
     assert at_epoch_end and all(torch.equal(saved["best"][k], v) for k, v in at_epoch_end.items())
@@ -132,8 +166,9 @@ def test_validation_is_what_deqa_score_gives(data, tmp_path):
     from deqa.scoring import Scorer
 
     base, labels = data
-    summary = train(small_params(epochs=2, select="last"), labels, base, tmp_path / "m", tmp_path / "c", None,
-                    progress=False)
+    summary = train(
+        small_params(epochs=2, select="last"), labels, base, tmp_path / "m", tmp_path / "c", None, progress=False
+    )
     val = Examples.from_csv(labels / "val.csv")
     mu = Scorer.from_pretrained(tmp_path / "m").score(val.paths, progress=False).mean
     last = summary["history"][-1]
@@ -148,10 +183,24 @@ def test_feature_cache_gives_the_same_model(data, tmp_path):
     """Cached features are the tower's output for each image alone, equal to the batched output up
     to float rounding (~1e-5 for this tower), so the trained weights agree to that order."""
     base, labels = data
-    train(small_params(cache_vision_features=True), labels, base, tmp_path / "cached", tmp_path / "c1", None,
-          progress=False)
-    train(small_params(cache_vision_features=False), labels, base, tmp_path / "plain", tmp_path / "c2", None,
-          progress=False)
+    train(
+        small_params(cache_vision_features=True),
+        labels,
+        base,
+        tmp_path / "cached",
+        tmp_path / "c1",
+        None,
+        progress=False,
+    )
+    train(
+        small_params(cache_vision_features=False),
+        labels,
+        base,
+        tmp_path / "plain",
+        tmp_path / "c2",
+        None,
+        progress=False,
+    )
     a, b = _adapter(tmp_path / "cached"), _adapter(tmp_path / "plain")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-4)
@@ -169,7 +218,7 @@ def test_feature_cache_serves_per_image_outputs_and_leaves_the_model_as_it_was(d
     before_attrs, before_modules = dict(vars(tower)), [n for n, _ in model.named_modules()]
     with torch.no_grad():
         before = model(**batch["inputs"]).logits
-        alone = torch.cat([tower(pixels[i:i + 1]).last_hidden_state for i in range(len(pixels))])
+        alone = torch.cat([tower(pixels[i : i + 1]).last_hidden_state for i in range(len(pixels))])
         with FeatureCache(tower) as cache:
             assert [n for n, _ in model.named_modules()] == before_modules and "forward" in vars(tower)
             first = tower(pixels)
@@ -198,12 +247,15 @@ class _Rows(torch.nn.Module):
         return (x * self.w - (x.mean(0) if self.mixed else 0),)
 
 
-@pytest.mark.parametrize("tower, call, reason", [
-    (_Rows(), lambda t: t(torch.rand(4, 3)), None),
-    (_Rows(trainable=True), lambda t: t(torch.rand(4, 3)), "trainable parameters"),
-    (_Rows(mixed=True), lambda t: t(torch.rand(4, 3)), "depends on the other images"),
-    (_Rows(), lambda t: t(torch.rand(8, 3), grid=torch.ones(2, 3)), "does not split"),
-])
+@pytest.mark.parametrize(
+    "tower, call, reason",
+    [
+        (_Rows(), lambda t: t(torch.rand(4, 3)), None),
+        (_Rows(trainable=True), lambda t: t(torch.rand(4, 3)), "trainable parameters"),
+        (_Rows(mixed=True), lambda t: t(torch.rand(4, 3)), "depends on the other images"),
+        (_Rows(), lambda t: t(torch.rand(8, 3), grid=torch.ones(2, 3)), "does not split"),
+    ],
+)
 def test_feature_cache_turns_itself_off_where_it_would_not_be_exact(tower, call, reason, caplog):
     with caplog.at_level(logging.INFO, logger="deqa.training"), FeatureCache(tower) as cache:
         out = call(tower)
@@ -263,12 +315,78 @@ def test_fast_collation_entries_stop_at_their_memory_budget(data):
     fast, slow = Collator(conv, ex, 0), Collator(conv, ex, 0, fast=False)
     per_image = 3 * 64 * 64 * 4  # one 64 px float32 image
     fast.encoder.max_bytes = 5 * per_image
+    fast.encoder.images = 0  # the number of images unknown: only the growth cap applies
     pairs = PairDataset(ex.dataset, 0)
     for i in range(0, len(pairs) - 2, 3):
         b = [pairs[j] for j in range(i, i + 3)]
         got, want = fast.pairs(b), slow.pairs(b)
         assert all(torch.equal(got["inputs"][k], want["inputs"][k]) for k in want["inputs"])
     assert len(fast.encoder.entries) == 6 and fast.encoder.state == "on"
+
+
+def test_fast_collation_is_off_when_the_entries_of_every_image_would_not_fit(data, caplog):
+    # a batch is assembled only from entries of all its images: a cache for part of them would
+    # cost its memory (1.7 MiB per image at 384 px) and save nothing, so it is not kept at all
+    base, labels = data
+    conv = Conversation(load_processor(base))
+    ex = Examples.from_csv(labels / "train.csv")
+    per_image = 3 * 64 * 64 * 4
+    fits = Collator(conv, ex, 0)
+    fits.encoder.max_bytes = len(ex) * per_image
+    fits.pairs([PairDataset(ex.dataset, 0)[j] for j in range(4)])
+    assert fits.encoder.state == "on"
+    tight, slow = Collator(conv, ex, 0), Collator(conv, ex, 0, fast=False)
+    tight.encoder.max_bytes = len(ex) * per_image - 1
+    b = [PairDataset(ex.dataset, 0)[j] for j in range(4)]
+    with caplog.at_level(logging.INFO, logger="deqa.data"):
+        got, want = tight.pairs(b), slow.pairs(b)
+    assert tight.encoder.state == "off" and not tight.encoder.entries and got["keys"] is None
+    assert all(torch.equal(got["inputs"][k], want["inputs"][k]) for k in want["inputs"])
+    assert f"entries for the {len(ex):,} images would take" in caplog.text
+
+
+def test_batches_of_images_with_cached_features_hold_no_images(data, monkeypatch):
+    base, labels = data
+    conv = Conversation(load_processor(base))
+    ex = Examples.from_csv(labels / "train.csv")
+    fast, slow = Collator(conv, ex, 0), Collator(conv, ex, 0, fast=False)
+
+    class Features:  # what the encoder asks of a FeatureCache
+        enabled, entries = True, {}
+
+    fast.encoder.features = Features()
+    b = [PairDataset(ex.dataset, 0)[j] for j in range(4)]
+    first, want = fast.pairs(b), slow.pairs(b)
+    assert torch.equal(first["inputs"]["pixel_values"], want["inputs"]["pixel_values"])
+    held = fast.encoder.bytes
+    assert held > 0 and fast.encoder.state == "on"
+    Features.entries = {k: None for k in first["keys"][:-1]}  # all but one image's features cached
+    again = fast.pairs(b)  # that image's tensors are still held: the batch is exact
+    assert torch.equal(again["inputs"]["pixel_values"], want["inputs"]["pixel_values"])
+    Features.entries = {k: None for k in first["keys"]}
+    monkeypatch.setattr(deqa.data, "load_image", lambda path: pytest.fail(f"{path} was loaded again"))
+    free = fast.pairs(b)
+    assert fast.encoder.bytes == 0
+    for k, v in want["inputs"].items():
+        if k == "pixel_values":  # placeholders of the right shape: the feature cache answers by key
+            assert v.shape == free["inputs"][k].shape and v.dtype == free["inputs"][k].dtype
+            assert not free["inputs"][k].any()
+        else:
+            assert torch.equal(v, free["inputs"][k]), k
+    assert free["keys"] == first["keys"]
+    Features.enabled = False  # the feature cache turned itself off: never placeholders
+    monkeypatch.undo()
+    assert torch.equal(fast.pairs(b)["inputs"]["pixel_values"], want["inputs"]["pixel_values"])
+
+
+def test_image_free_batches_train_the_same_weights_bit_for_bit(data, tmp_path, monkeypatch):
+    base, labels = data
+    params = small_params(cache_vision_features=True)
+    train(params, labels, base, tmp_path / "free", tmp_path / "c1", None, progress=False)
+    monkeypatch.setattr(deqa.data.EncodingCache, "_image_free", lambda self: False)
+    train(params, labels, base, tmp_path / "held", tmp_path / "c2", None, progress=False)
+    a, b = _adapter(tmp_path / "free"), _adapter(tmp_path / "held")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_fast_collation_turns_off_when_it_cannot_match(data, monkeypatch, caplog):
@@ -300,6 +418,8 @@ def test_lora_targets_only_the_language_model(data):
     model, _ = prepare_model(load_model(base), small_params())
     lora = [n for n, _ in model.named_parameters() if "lora_" in n]
     assert lora and all(".language_model." in n for n in lora)
-    trainable = {n.split(".modules_to_save")[0] for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n}
+    trainable = {
+        n.split(".modules_to_save")[0] for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n
+    }
     assert any("multi_modal_projector" in n for n in trainable) and any("lm_head" in n for n in trainable)
     assert not any("vision_tower" in n for n, p in model.named_parameters() if p.requires_grad)

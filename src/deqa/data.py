@@ -21,10 +21,22 @@ batch whose images' tensors do not concatenate (different sizes that the process
 through the processor too. Each image also gets a content key (a digest of its tensors) that
 :class:`deqa.feature_cache.FeatureCache` uses, so cached batches need no hashing.
 
-The entries hold the processed image tensors, so they take memory: 192 KiB per image for the
-default 128 px model (~0.8 GiB for its 4,340 training images), 1.3 MiB for a 336 px LLaVA.
-They stop growing at :data:`MAX_ENTRY_BYTES` (logged once); a batch with an image beyond that goes
-through the processor.
+**Image-free batches.** With a frozen tower, training reads its outputs from
+:class:`deqa.feature_cache.FeatureCache` (given as ``features``), which fills before step 1. Once
+the feature cache holds an image's features, its entry drops the image tensors (keeping their
+shape and dtype): a batch whose images all have cached features gets zero-filled image tensors of
+the right shape, which the tower never sees (the cache answers every row by key), so no image is
+decoded, processed or kept in memory after the warm-up. A batch with an image whose features are
+not cached (the feature cache off, or turned off) is assembled only from entries that still hold
+their tensors, else it goes through the processor: never from placeholders.
+
+Without a feature cache the entries keep the processed image tensors, so they take memory: 192 KiB
+per image for the default 128 px model (~0.8 GiB for its 4,340 training images), 1.3 MiB for a
+336 px LLaVA, 1.7 MiB at 384 px. A batch is assembled only when *all* its images have entries, so
+a cache that cannot hold every training image saves almost nothing (random pairs nearly always
+include one it lacks) while still costing its memory: then, when the first entry times the number
+of training images exceeds :data:`MAX_ENTRY_BYTES`, the cache turns off at once (logged) and every
+batch goes through the processor. Entries also stop growing at that budget (logged once).
 """
 
 from __future__ import annotations
@@ -70,8 +82,13 @@ class Examples:
         if missing:
             raise ValueError(f"{path}: missing label columns {missing}")
         paths = [str(Path(r) / i) for r, i in zip(df["root"].astype(str), df["image"].astype(str), strict=True)]
-        return cls(paths=paths, m=df["m"].to_numpy(float), s=df["s"].to_numpy(float),
-                   probs=df[PROB_COLUMNS].to_numpy(float), dataset=df["dataset"].astype(str).to_numpy())
+        return cls(
+            paths=paths,
+            m=df["m"].to_numpy(float),
+            s=df["s"].to_numpy(float),
+            probs=df[PROB_COLUMNS].to_numpy(float),
+            dataset=df["dataset"].astype(str).to_numpy(),
+        )
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -115,10 +132,12 @@ class PairDataset(torch.utils.data.Dataset):
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class _Entry:
-    tensors: dict[str, torch.Tensor]  # the processor's image tensors for this image alone
+    tensors: dict[str, torch.Tensor] | None  # the processor's image tensors for this image alone (None: dropped)
     expansion: list[int]  # the token ids the processor put in place of the image token
     key: str  # content digest of ``tensors`` (the feature cache's key)
     aligned: dict[str, tuple[int, list[int]]]  # per-token fields: (value on text, values on the expansion)
+    shapes: dict[str, tuple[tuple[int, ...], torch.dtype]]  # shape and dtype of each of ``tensors``
+    nbytes: int
 
 
 def _same_encoding(a: dict, b: dict) -> str | None:
@@ -142,8 +161,13 @@ class EncodingCache:
 
     TEXT_KEYS = ("input_ids", "attention_mask")
 
-    def __init__(self, processor, probe_text: str, enabled: bool = True, max_bytes: int = MAX_ENTRY_BYTES):
+    def __init__(
+        self, processor, probe_text: str, enabled: bool = True, max_bytes: int = MAX_ENTRY_BYTES, images: int = 0
+    ):
         self.processor = processor
+        self.images = images  # how many distinct images the run will encode (0: unknown)
+        self.features = None  # a FeatureCache: entries whose features it holds drop their image tensors
+        self._holding: list[_Entry] = []  # entries still holding image tensors
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.probe_text = probe_text
         self.entries: dict[str, _Entry] = {}
@@ -173,20 +197,42 @@ class EncodingCache:
             log.info("fast collation off (every batch goes through the processor): %s", reason)
         self.state = "off"
         self.entries.clear()
+        self._holding.clear()
 
     # ------------------------------------------------------------------ encoding
+    def _image_free(self) -> bool:
+        return self.features is not None and self.features.enabled and self.state == "on"
+
+    def _drop_cached_images(self) -> None:
+        """Release the image tensors of the entries whose features the feature cache now holds."""
+        if not self._image_free():
+            return
+        held = self.features.entries
+        keep = []
+        for e in self._holding:
+            if e.key in held:
+                e.tensors = None
+                self.bytes -= e.nbytes
+            else:
+                keep.append(e)
+        self._holding = keep
+
     def encode(self, paths: list[str], texts: list[str]) -> tuple[dict, list[str] | None]:
         """The processor's encoding of ``texts`` with the images at ``paths`` (padded, tensors),
         and per-image content keys where it was assembled from cached entries."""
         if self.state == "off":
             return self.process(paths, texts), None
+        self._drop_cached_images()
         loaded: dict[str, object] = {}
         entries = [self._entry(p, loaded) for p in paths]
         fast = None if self.state == "off" or None in entries else self._assemble(entries, texts)
         if self.state == "unverified":
             slow = self.process(paths, texts, loaded)
-            problem = "its batches cannot be assembled from per-image encodings" if fast is None else \
-                _same_encoding(fast, slow)
+            problem = (
+                "its batches cannot be assembled from per-image encodings"
+                if fast is None
+                else _same_encoding(fast, slow)
+            )
             if problem is not None:
                 self._off(f"the assembled batch differs from the processor's ({problem})")
                 return slow, None
@@ -222,7 +268,7 @@ class EncodingCache:
             self._off("the prompt does not hold exactly one image token")
             return None
         k, tail = plain.index(self.image_token_id), len(plain) - plain.index(self.image_token_id) - 1
-        if len(ids) < len(plain) or ids[:k] != plain[:k] or ids[len(ids) - tail:] != plain[k + 1:]:
+        if len(ids) < len(plain) or ids[:k] != plain[:k] or ids[len(ids) - tail :] != plain[k + 1 :]:
             self._off("the processor changes the text around the image token")
             return None
         span = slice(k, len(ids) - tail)
@@ -235,21 +281,34 @@ class EncodingCache:
                 return None
             if value.shape == (1, len(ids)):  # a per-token field (e.g. Qwen2-VL's mm_token_type_ids)
                 row = value[0].tolist()
-                outside = set(row[:span.start] + row[span.stop:])
+                outside = set(row[: span.start] + row[span.stop :])
                 if len(outside) > 1:
                     self._off(f"the per-token field {name!r} varies outside the image's tokens")
                     return None
                 aligned[name] = (outside.pop() if outside else 0, row[span])
             else:
                 tensors[name] = value
+        size = sum(t.nbytes for t in tensors.values())
+        if size * self.images > self.max_bytes and not (self.features is not None and self.features.enabled):
+            self._off(
+                f"entries for the {self.images:,} images would take {size * self.images / 2**30:.1f} GiB "
+                f"(budget {self.max_bytes / 2**30:.1f} GiB)"
+            )
+            return None
         names = sorted(tensors)
         key = tensor_digest(*(tensors[n] for n in names), extra=str(names))
-        entry = _Entry(tensors, ids[span], key, aligned)
+        shapes = {n: (tuple(t.shape), t.dtype) for n, t in tensors.items()}
+        entry = _Entry(tensors, ids[span], key, aligned, shapes, size)
         self.entries[path] = entry
-        self.bytes += sum(t.nbytes for t in tensors.values())
+        self._holding.append(entry)
+        self.bytes += size
         if self.bytes > self.max_bytes:
-            log.info("fast collation: the per-image entries reached %.1f GiB (%d images); batches with other "
-                     "images go through the processor", self.bytes / 2**30, len(self.entries))
+            log.info(
+                "fast collation: the per-image entries reached %.1f GiB (%d images); batches with other "
+                "images go through the processor",
+                self.bytes / 2**30,
+                len(self.entries),
+            )
         return entry
 
     def _assemble(self, entries: list[_Entry], texts: list[str]) -> dict | None:
@@ -259,13 +318,22 @@ class EncodingCache:
             if plain.count(self.image_token_id) != 1 or set(entry.aligned) != set(fields):
                 return None
             k = plain.index(self.image_token_id)
-            rows.append(plain[:k] + entry.expansion + plain[k + 1:])
+            rows.append(plain[:k] + entry.expansion + plain[k + 1 :])
             for name, (fill, values) in entry.aligned.items():
                 fields[name].append([fill] * k + values + [fill] * (len(plain) - k - 1))
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         out = {"input_ids": self._pad(rows, pad), "attention_mask": self._pad([[1] * len(r) for r in rows], 0)}
         for name, values in fields.items():
             out[name] = self._pad(values, entries[0].aligned[name][0])
+        if any(e.tensors is None for e in entries):  # image-free: only where every image's features are cached
+            if not (self._image_free() and all(e.key in self.features.entries for e in entries)):
+                return None
+            for name, (shape, dtype) in entries[0].shapes.items():
+                if any(e.shapes[name][0][1:] != shape[1:] or e.shapes[name][1] != dtype for e in entries):
+                    return None
+                rows = sum(e.shapes[name][0][0] for e in entries)
+                out[name] = torch.zeros((), dtype=dtype).expand(rows, *shape[1:])
+            return out
         for name, first in entries[0].tensors.items():
             parts = [e.tensors[name] for e in entries]
             if any(p.shape[1:] != first.shape[1:] or p.dtype != first.dtype for p in parts):
@@ -296,13 +364,17 @@ class Collator:
     def __init__(self, conversation: Conversation, examples: Examples, seed: int, fast: bool = True):
         self.conv, self.ex, self.seed = conversation, examples, seed
         self.conv.tokenizer.padding_side = "right"
-        self.encoder = EncodingCache(conversation.processor, conversation.scoring_text(), enabled=fast)
+        self.encoder = EncodingCache(
+            conversation.processor, conversation.scoring_text(), enabled=fast, images=len(set(examples.paths))
+        )
         self._texts: dict[tuple[int, int], str] = {}
 
     def text(self, i: int, epoch: int) -> str:
         """Image ``i``'s training text in ``epoch``: a seeded question and its label's level."""
-        key = (int(np.random.default_rng([self.seed, epoch, i]).integers(len(QUESTIONS))),
-               int(np.argmax(self.ex.probs[i])))
+        key = (
+            int(np.random.default_rng([self.seed, epoch, i]).integers(len(QUESTIONS))),
+            int(np.argmax(self.ex.probs[i])),
+        )
         if key not in self._texts:  # chat templates are slow to render: once per question and level
             self._texts[key] = self.conv.training_text(QUESTIONS[key[0]], LEVELS[key[1]])
         return self._texts[key]
@@ -318,7 +390,10 @@ class Collator:
         enc, keys = self.encoder.encode([self.ex.paths[i] for i in idx], [self.text(i, epoch) for i in idx])
         level_pos = self.conv.level_positions(enc["input_ids"], enc["attention_mask"])
         return {
-            "inputs": enc, "level_pos": level_pos, "keys": keys, "index": torch.tensor(idx),
+            "inputs": enc,
+            "level_pos": level_pos,
+            "keys": keys,
+            "index": torch.tensor(idx),
             "labels": self.conv.answer_labels(enc["input_ids"], enc["attention_mask"], level_pos),
             "target": torch.tensor(self.ex.probs[idx], dtype=torch.float32),
             "m": torch.tensor(self.ex.m[idx], dtype=torch.float32),

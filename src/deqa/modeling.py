@@ -15,8 +15,11 @@ The embedded default (:mod:`deqa.tiny`) is just one more local checkpoint here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,13 +84,17 @@ def without_video(processor_class: type) -> type:
             self.image_processor.to_json_file(str(Path(save_directory) / "preprocessor_config.json"))
         return out
 
-    return type(processor_class.__name__, (processor_class,), {
-        "__module__": processor_class.__module__,
-        "__doc__": f"{processor_class.__name__} without its video processor (torchvision is not installed).",
-        "get_attributes": classmethod(lambda cls: list(attributes)),
-        "save_pretrained": save_pretrained,
-        "deqa_without_video": True,
-    })
+    return type(
+        processor_class.__name__,
+        (processor_class,),
+        {
+            "__module__": processor_class.__module__,
+            "__doc__": f"{processor_class.__name__} without its video processor (torchvision is not installed).",
+            "get_attributes": classmethod(lambda cls: list(attributes)),
+            "save_pretrained": save_pretrained,
+            "deqa_without_video": True,
+        },
+    )
 
 
 def _processor_class(path: Path, trust_remote_code: bool) -> type | None:
@@ -107,7 +114,7 @@ def _processor_class(path: Path, trust_remote_code: bool) -> type | None:
         model_type = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code).model_type
         cls = PROCESSOR_MAPPING_NAMES.get(model_type)
         return getattr(transformers, cls) if cls and hasattr(transformers, cls) else None
-    except Exception:  # noqa: BLE001 - only a hint for the error message / fallback
+    except Exception:
         return None
 
 
@@ -128,8 +135,12 @@ def load_processor(path: str | Path, trust_remote_code: bool = False):
         return AutoProcessor.from_pretrained(src, trust_remote_code=trust_remote_code)
     cls = _processor_class(src, trust_remote_code)
     if cls is not None and without_video(cls) is not cls:
-        log.warning("torchvision is not installed: loading %s from %s without its video processor "
-                    "(images only; install torchvision for video input)", cls.__name__, src)
+        log.warning(
+            "torchvision is not installed: loading %s from %s without its video processor "
+            "(images only; install torchvision for video input)",
+            cls.__name__,
+            src,
+        )
         try:
             return without_video(cls).from_pretrained(src, trust_remote_code=trust_remote_code)
         except Exception as exc:
@@ -142,18 +153,33 @@ def load_processor(path: str | Path, trust_remote_code: bool = False):
         return AutoProcessor.from_pretrained(src, trust_remote_code=trust_remote_code)
     except Exception as exc:
         if "torchvision" in str(exc).lower():
-            raise RuntimeError(f"cannot load the processor of {src}: it needs torchvision, which is not "
-                               f"installed ({exc})") from exc
+            raise RuntimeError(
+                f"cannot load the processor of {src}: it needs torchvision, which is not installed ({exc})"
+            ) from exc
         raise
 
 
-def load_model(path: str | Path, dtype: torch.dtype | str | None = None, trust_remote_code: bool = False,
-               device: str | torch.device | None = None):
+@contextlib.contextmanager
+def quiet_peft() -> Iterator[None]:
+    """Hide the ``FutureWarning`` peft 0.21 raises on reading transformers' deprecated
+    ``is_gradient_checkpointing`` alias (nothing a user can act on)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
+def load_model(
+    path: str | Path,
+    dtype: torch.dtype | str | None = None,
+    trust_remote_code: bool = False,
+    device: str | torch.device | None = None,
+):
     """Load an image-text-to-text model in eval mode (frozen batch-norm statistics included)."""
     from transformers import AutoModelForImageTextToText
 
     model = AutoModelForImageTextToText.from_pretrained(
-        resolve_checkpoint(path), dtype=dtype if dtype is not None else "auto",
+        resolve_checkpoint(path),
+        dtype=dtype if dtype is not None else "auto",
         trust_remote_code=trust_remote_code,
     )
     if device is not None:
@@ -229,23 +255,26 @@ class Conversation:
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.levels = tuple(levels)
         self.prompt_text = self.prompt(SCORING_QUESTION)
-        probes = [self.tokenizer(self.prompt_text + self.answer(lv), add_special_tokens=False).input_ids
-                  for lv in self.levels]
+        probes = [
+            self.tokenizer(self.prompt_text + self.answer(lv), add_special_tokens=False).input_ids for lv in self.levels
+        ]
         lengths = {len(p) for p in probes}
         diff = [i for i in range(min(lengths)) if len({p[i] for p in probes}) > 1]
         if len(lengths) != 1 or len(diff) != 1:
-            bad = [lv for lv, p in zip(self.levels, probes) if len(p) != len(probes[2])] or list(self.levels)
+            bad = [lv for lv, p in zip(self.levels, probes, strict=False) if len(p) != len(probes[2])] or list(
+                self.levels
+            )
             raise ValueError(
                 f"the level word(s) {', '.join(repr(b) for b in bad)} are not single tokens for this "
                 f"tokenizer ({type(self.tokenizer).__name__}); DeQA-Score reads one token per level"
             )
         pos = diff[0]
         self.level_ids = [p[pos] for p in probes]
-        for lv, tid in zip(self.levels, self.level_ids):
+        for lv, tid in zip(self.levels, self.level_ids, strict=False):
             if self.tokenizer.decode([tid]).strip().lower() != lv:
                 raise ValueError(f"the level word {lv!r} is not a single token for this tokenizer")
         # the tokens right before the level word, as they appear in context
-        self.anchor = list(probes[0][max(0, pos - 3):pos])
+        self.anchor = list(probes[0][max(0, pos - 3) : pos])
         prompt_len = len(self.tokenizer(self.prompt_text, add_special_tokens=False).input_ids)
         self.prefix_length = pos - prompt_len  # answer tokens before the level word
         if self.prefix_length < 0:
@@ -265,7 +294,7 @@ class Conversation:
         full = self.processor.apply_chat_template(messages, tokenize=False)
         if not full.startswith(self.prompt_text):
             raise ValueError("the chat template's full conversation does not start with its prompt")
-        return full[len(self.prompt_text):]
+        return full[len(self.prompt_text) :]
 
     def training_text(self, question: str, level: str) -> str:
         return self.prompt(question) + self.answer(level)
@@ -286,7 +315,7 @@ class Conversation:
         for r, row in enumerate(ids):
             found = -1
             for i in range(len(row) - k, -1, -1):
-                if row[i:i + k] == anchor and (mask is None or mask[r][i + k - 1]):
+                if row[i : i + k] == anchor and (mask is None or mask[r][i + k - 1]):
                     found = i + k - 1
                     break
             if found < 0:
@@ -294,8 +323,13 @@ class Conversation:
             out.append(found)
         return torch.tensor(out, dtype=torch.long, device=input_ids.device)
 
-    def answer_labels(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, level_pos: torch.Tensor,
-                      include_level: bool = False) -> torch.Tensor:
+    def answer_labels(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        level_pos: torch.Tensor,
+        include_level: bool = False,
+    ) -> torch.Tensor:
         """CE labels: the answer tokens (level token excluded unless asked), ``-100`` elsewhere."""
         labels = torch.full_like(input_ids, -100)
         n = input_ids.shape[1]

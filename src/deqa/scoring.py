@@ -44,9 +44,9 @@ import queue
 import stat
 import sys
 import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -55,7 +55,7 @@ import torch.utils.data
 from deqa import LEVELS
 from deqa.images import ImageLoadError, array_to_rgb, display_path, error_reason, load_image, to_rgb
 from deqa.losses import read_scores
-from deqa.modeling import MODEL_CARD, Conversation, load_model, load_processor, resolve_checkpoint
+from deqa.modeling import MODEL_CARD, Conversation, load_model, load_processor, quiet_peft, resolve_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -83,12 +83,17 @@ class ScoreResult:
     def records(self, names: list[str] | None = None) -> list[dict]:
         names = names if names is not None else [str(i) for i in range(len(self))]
         return [
-            {"path": n, "score": float(m), "std": float(s), **{f"p_{lv}": float(p) for lv, p in zip(LEVELS, ps)}}
-            for n, m, s, ps in zip(names, self.mean, self.std, self.probs)
+            {
+                "path": n,
+                "score": float(m),
+                "std": float(s),
+                **{f"p_{lv}": float(p) for lv, p in zip(LEVELS, ps, strict=False)},
+            }
+            for n, m, s, ps in zip(names, self.mean, self.std, self.probs, strict=False)
         ]
 
     @classmethod
-    def concat(cls, parts: list["ScoreResult"]) -> "ScoreResult":
+    def concat(cls, parts: list[ScoreResult]) -> ScoreResult:
         if not parts:
             return cls(np.zeros(0), np.zeros(0), np.zeros((0, len(LEVELS))))
         return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("mean", "std", "probs")))
@@ -111,9 +116,11 @@ class ScoredBatch:
 
     def records(self) -> list[dict]:
         """Rows in input order: ``path, score, std, p_*`` or ``path, error``."""
-        scored = dict(zip(self.ok, self.result.records([self.names[j] for j in self.ok])))
-        return [scored[j] if j in scored else {"path": self.names[j], "error": self.errors[j]}
-                for j in range(len(self.names))]
+        scored = dict(zip(self.ok, self.result.records([self.names[j] for j in self.ok]), strict=False))
+        return [
+            scored[j] if j in scored else {"path": self.names[j], "error": self.errors[j]}
+            for j in range(len(self.names))
+        ]
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -138,8 +145,11 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if dev.type not in available:
         raise ValueError(f"device {device!r} cannot run a model here; use auto, cpu, cuda, cuda:N or mps")
     if not available[dev.type]():
-        why = ("this torch build has no CUDA support" if dev.type == "cuda" and not torch.backends.cuda.is_built()
-               else "no such device is visible")
+        why = (
+            "this torch build has no CUDA support"
+            if dev.type == "cuda" and not torch.backends.cuda.is_built()
+            else "no such device is visible"
+        )
         raise ValueError(f"device {device!r} is not available ({why}); use --device cpu or auto")
     return dev
 
@@ -149,8 +159,14 @@ def _dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype
         return dtype
     if dtype in (None, "auto"):
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
+    table = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
     if dtype not in table:
         raise ValueError(f"unknown dtype {dtype!r}; use one of auto, {', '.join(table)}")
     return table[dtype]
@@ -193,7 +209,7 @@ def _corrupt_safetensors(folder: Path) -> Path | None:
         try:
             with safe_open(str(f), framework="pt") as st:
                 st.keys()
-        except Exception:  # noqa: BLE001 - any failure to read the header marks the file
+        except Exception:
             return f
     return None
 
@@ -219,9 +235,16 @@ class Scorer:
         self.batch_size = batch_size
 
     @classmethod
-    def from_pretrained(cls, path: str | Path = "models/deqa", *, base: str | Path | None = None,
-                        device: str | None = None, dtype: str | torch.dtype | None = None,
-                        batch_size: int = 32, trust_remote_code: bool = False) -> "Scorer":
+    def from_pretrained(
+        cls,
+        path: str | Path = "models/deqa",
+        *,
+        base: str | Path | None = None,
+        device: str | None = None,
+        dtype: str | torch.dtype | None = None,
+        batch_size: int = 32,
+        trust_remote_code: bool = False,
+    ) -> Scorer:
         """Load an adapter directory (with its base) or a merged/standalone checkpoint.
 
         Every failure is a :class:`ModelLoadError` (a ``ValueError``) naming the folder and the reason.
@@ -242,13 +265,14 @@ class Scorer:
 
                 base_dir = find_base(path, base)
                 base_model = load_model(base_dir, dtype=dt, trust_remote_code=trust_remote_code)
-                model = PeftModel.from_pretrained(base_model, path)
+                with quiet_peft():
+                    model = PeftModel.from_pretrained(base_model, path)
             else:
                 model = load_model(path, dtype=dt, trust_remote_code=trust_remote_code)
             model.to(dev)
         except (KeyboardInterrupt, MemoryError):
             raise
-        except Exception as exc:  # noqa: BLE001 - loaders raise many types; all become one clear error
+        except Exception as exc:
             raise _load_error(path, exc, base_dir) from exc
         log.info("loaded %s on %s (%s)", display_path(path), dev, str(dt).replace("torch.", ""))
         return cls(model, processor, dev, batch_size=batch_size)
@@ -257,8 +281,7 @@ class Scorer:
     def encode(self, images: list) -> tuple[dict, torch.Tensor]:
         """Processor inputs and level positions for RGB PIL images (no model call)."""
         conv = self.conversation
-        enc = self.processor(text=[conv.scoring_text()] * len(images), images=images, padding=True,
-                             return_tensors="pt")
+        enc = self.processor(text=[conv.scoring_text()] * len(images), images=images, padding=True, return_tensors="pt")
         pos = conv.level_positions(enc["input_ids"], enc["attention_mask"])
         return dict(enc), pos
 
@@ -292,8 +315,14 @@ class Scorer:
         return enc, pos, ok, errors
 
     # -- streaming ----------------------------------------------------------------------------
-    def iter_score(self, images: Iterable, batch_size: int | None = None, names: list[str] | None = None,
-                   decoder: str = "auto", prefetch: int = 2) -> Iterator[ScoredBatch]:
+    def iter_score(
+        self,
+        images: Iterable,
+        batch_size: int | None = None,
+        names: list[str] | None = None,
+        decoder: str = "auto",
+        prefetch: int = 2,
+    ) -> Iterator[ScoredBatch]:
         """Score ``images`` batch by batch, yielding a :class:`ScoredBatch` as each one is done.
 
         ``names`` label the inputs in the records (default: the path, or the input's index).
@@ -316,17 +345,18 @@ class Scorer:
             batches = _in_process(prepare, prefetch)
         else:
             batches = (prepare[i] for i in range(len(starts)))
-        for start, (enc, pos, ok, errors) in zip(starts, batches):
+        for start, (enc, pos, ok, errors) in zip(starts, batches, strict=False):
             result = self.forward(enc, pos) if enc is not None else ScoreResult.concat([])
-            yield ScoredBatch(start, names[start:start + bs], ok, result, errors)
+            yield ScoredBatch(start, names[start : start + bs], ok, result, errors)
 
     def pick_decoder(self) -> str:
         """``thread`` on an accelerator or with two spare CPU cores beyond torch's threads, else ``none``."""
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         return "thread" if self.device.type != "cpu" or cores >= torch.get_num_threads() + 2 else "none"
 
-    def score(self, images, batch_size: int | None = None, progress: bool | None = None,
-              decoder: str = "auto") -> ScoreResult:
+    def score(
+        self, images, batch_size: int | None = None, progress: bool | None = None, decoder: str = "auto"
+    ) -> ScoreResult:
         """Score paths, PIL images or numpy arrays; returns means, stds and level probabilities.
 
         Raises :class:`deqa.images.ImageLoadError` for the first input that cannot be read (use
@@ -358,7 +388,7 @@ class _BatchPreparer(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         start = self.starts[i]
-        return self.scorer._prepare(self.items[start:start + self.bs])
+        return self.scorer._prepare(self.items[start : start + self.bs])
 
 
 def _in_thread(produce, n: int, depth: int) -> Iterator:
@@ -383,7 +413,7 @@ def _in_thread(produce, n: int, depth: int) -> Iterator:
                 if stop.is_set():
                     return
                 put(("ok", produce[i]))
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
+        except BaseException as exc:
             put(("error", exc))
         put(("end", None))
 
@@ -408,8 +438,14 @@ def _in_process(dataset: _BatchPreparer, depth: int) -> Iterator:
 
     if len(dataset) == 0:
         return iter(())
-    loader = DataLoader(dataset, batch_size=None, num_workers=1, prefetch_factor=max(1, depth),
-                        collate_fn=lambda x: x, multiprocessing_context="fork")
+    loader = DataLoader(
+        dataset,
+        batch_size=None,
+        num_workers=1,
+        prefetch_factor=max(1, depth),
+        collate_fn=lambda x: x,
+        multiprocessing_context="fork",
+    )
     return iter(loader)
 
 
@@ -578,7 +614,7 @@ class ResultWriter:
                 self.done = {r["path"] for r in kept}
             # the kept rows go to a new file that replaces the old one only once it is complete
             partial = self.path.with_name(self.path.name + ".partial")
-            self.stream = open(partial, "w", encoding="utf-8", newline="")
+            self.stream = open(partial, "w", encoding="utf-8", newline="")  # noqa: SIM115 (closed by close())
         else:
             self.stream = sys.stdout
         self._start()
@@ -587,7 +623,7 @@ class ResultWriter:
         if self.path is not None:
             self.stream.close()
             os.replace(partial, self.path)
-            self.stream = open(self.path, "a", encoding="utf-8", newline="")
+            self.stream = open(self.path, "a", encoding="utf-8", newline="")  # noqa: SIM115 (closed by close())
             if fmt == "csv":
                 self.csv = csv.DictWriter(self.stream, fieldnames=FIELDS, lineterminator="\n")
 
@@ -619,7 +655,7 @@ class ResultWriter:
             self.stream.close()
         self.stream = None
 
-    def __enter__(self) -> "ResultWriter":
+    def __enter__(self) -> ResultWriter:
         return self
 
     def __exit__(self, *exc) -> None:

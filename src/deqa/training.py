@@ -47,7 +47,6 @@ import math
 import re
 import shutil
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +65,7 @@ from deqa.modeling import (
     get_module,
     load_model,
     load_processor,
+    quiet_peft,
     resolve_checkpoint,
     resolve_modules,
 )
@@ -76,9 +76,16 @@ CARD_SECTIONS = ("base", "soft_labels", "model", "train", "lora", "loss")
 """The params sections written into ``deqa_model.json`` (those that shape the trained weights)."""
 
 
-def train(params: Params, labels_dir: str | Path, base_dir: str | Path, out_dir: str | Path,
-          checkpoint_dir: str | Path, live_dir: str | Path | None = "dvclive/train",
-          stop_after_steps: int | None = None, progress: bool = True) -> dict:
+def train(
+    params: Params,
+    labels_dir: str | Path,
+    base_dir: str | Path,
+    out_dir: str | Path,
+    checkpoint_dir: str | Path,
+    live_dir: str | Path | None = "dvclive/train",
+    stop_after_steps: int | None = None,
+    progress: bool = True,
+) -> dict:
     """Train, save the selected weights to ``out_dir`` and return a summary dict.
 
     ``stop_after_steps`` interrupts the run after that many optimizer steps, right after a
@@ -98,19 +105,30 @@ def train(params: Params, labels_dir: str | Path, base_dir: str | Path, out_dir:
     trainable = [p for p in model.parameters() if p.requires_grad]
 
     pairs, collate = PairDataset(train_ex.dataset, seed), Collator(conv, train_ex, seed)
-    loader = torch.utils.data.DataLoader(pairs, batch_size=tcfg.batch_pairs, collate_fn=collate.pairs,
-                                         drop_last=len(pairs) >= 2 * tcfg.batch_pairs)
+    loader = torch.utils.data.DataLoader(
+        pairs, batch_size=tcfg.batch_pairs, collate_fn=collate.pairs, drop_last=len(pairs) >= 2 * tcfg.batch_pairs
+    )
     optimizer, scheduler, total = make_optimizer(trainable, tcfg, len(loader), accelerator.num_processes)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     accelerator.register_save_state_pre_hook(_keep_trainable(accelerator))
 
-    checkpoints = Checkpoints(accelerator, checkpoint_dir, fingerprint(params, labels_dir, base_dir, base_path), live_dir)
+    checkpoints = Checkpoints(
+        accelerator, checkpoint_dir, fingerprint(params, labels_dir, base_dir, base_path), live_dir
+    )
     state = checkpoints.resume() if tcfg.resume == "auto" else TrainState()
     live = open_live(live_dir, accelerator, resume=checkpoints.live_restored)
-    cache = FeatureCache(get_module(accelerator.unwrap_model(model), names.vision),
-                         enabled=tcfg.cache_vision_features and not tcfg.train_vision)
-    bar = tqdm(total=total, initial=state.step, desc="train", unit="step",
-               disable=not progress or not accelerator.is_main_process)
+    cache = FeatureCache(
+        get_module(accelerator.unwrap_model(model), names.vision),
+        enabled=tcfg.cache_vision_features and not tcfg.train_vision,
+    )
+    collate.encoder.features = cache  # images whose features are cached leave the batches (deqa.data)
+    bar = tqdm(
+        total=total,
+        initial=state.step,
+        desc="train",
+        unit="step",
+        disable=not progress or not accelerator.is_main_process,
+    )
     t0, interrupted = time.time(), False
     with cache:
         if total * tcfg.grad_accum >= len(loader):  # the run sees every image: fill the cache first
@@ -121,7 +139,9 @@ def train(params: Params, labels_dir: str | Path, base_dir: str | Path, out_dir:
                 if state.step >= total:
                     break
                 reseed(seed, state, accelerator.process_index)
-                synced, losses = train_step(accelerator, model, optimizer, scheduler, batch, trainable, conv, params, cache)
+                synced, losses = train_step(
+                    accelerator, model, optimizer, scheduler, batch, trainable, conv, params, cache
+                )
                 state.add_batch(losses)
                 if not synced:
                     continue
@@ -140,12 +160,28 @@ def train(params: Params, labels_dir: str | Path, base_dir: str | Path, out_dir:
     bar.close()
     if live is not None:
         live.end()
-    summary = {"steps": state.step, "total_steps": total, "seconds": time.time() - t0,
-               "trainable_params": sum(getattr(p, "ds_numel", p.numel()) for p in trainable),
-               "history": state.history, "interrupted": interrupted, "selected": selected(state, tcfg)}
+    summary = {
+        "steps": state.step,
+        "total_steps": total,
+        "seconds": time.time() - t0,
+        "trainable_params": sum(getattr(p, "ds_numel", p.numel()) for p in trainable),
+        "history": state.history,
+        "interrupted": interrupted,
+        "selected": selected(state, tcfg),
+    }
     if not interrupted:
-        save_final(accelerator, model, state, processor, conv, params, base_dir, out_dir, summary,
-                   datasets=sorted(set(train_ex.dataset.tolist())))
+        save_final(
+            accelerator,
+            model,
+            state,
+            processor,
+            conv,
+            params,
+            base_dir,
+            out_dir,
+            summary,
+            datasets=sorted(set(train_ex.dataset.tolist())),
+        )
     return summary
 
 
@@ -206,17 +242,25 @@ def prepare_model(model: nn.Module, params: Params):
     from peft import LoraConfig, get_peft_model
 
     targets = "|".join(re.escape(t) for t in lcfg.target_modules)
-    save = [n for n in [names.projector, names.lm_head if lcfg.train_lm_head else None,
-                        names.vision if tcfg.train_vision else None] if n]
+    save = [
+        n
+        for n in [
+            names.projector,
+            names.lm_head if lcfg.train_lm_head else None,
+            names.vision if tcfg.train_vision else None,
+        ]
+        if n
+    ]
     # a module inside another saved one (Qwen2-VL's projector inside its vision module) goes with it
     save = [n for n in save if not any(n.startswith(other + ".") for other in save)]
     config = LoraConfig(
-        r=lcfg.r, lora_alpha=lcfg.alpha, lora_dropout=lcfg.dropout,
+        r=lcfg.r,
+        lora_alpha=lcfg.alpha,
+        lora_dropout=lcfg.dropout,
         target_modules=rf"{re.escape(names.language)}\..*\.({targets})",
         modules_to_save=save or None,
     )
-    with warnings.catch_warnings():  # peft 0.21 reads transformers' deprecated alias; nothing to do here
-        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    with quiet_peft():
         model = get_peft_model(model, config)
     return model, resolve_modules(model)
 
@@ -230,17 +274,20 @@ def make_optimizer(trainable: list, tcfg: TrainConfig, batches: int, processes: 
     if tcfg.max_steps > 0:
         total = min(total, tcfg.max_steps)
     # a prepared scheduler is stepped once per process at every optimizer step (accelerate's convention)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, round(tcfg.warmup_ratio * total) * processes,
-                                                total * processes)
+    scheduler = get_cosine_schedule_with_warmup(
+        optimizer, round(tcfg.warmup_ratio * total) * processes, total * processes
+    )
     return optimizer, scheduler, total
 
 
 def _keep_trainable(accelerator):
     """A save-state hook: checkpoints hold only the trainable tensors (the base is in ``models/base``)."""
+
     def hook(models, weights, output_dir):
         for i, m in enumerate(models):
             names = {n for n, p in accelerator.unwrap_model(m).named_parameters() if p.requires_grad}
             weights[i] = {k: v for k, v in weights[i].items() if k in names}
+
     return hook
 
 
@@ -256,8 +303,9 @@ def open_live(live_dir, accelerator, resume: bool):
 # ---------------------------------------------------------------------------------------------
 # the steps
 # ---------------------------------------------------------------------------------------------
-def warm_feature_cache(accelerator, model, collate: Collator, cache: FeatureCache, batch_size: int,
-                       progress: bool) -> None:
+def warm_feature_cache(
+    accelerator, model, collate: Collator, cache: FeatureCache, batch_size: int, progress: bool
+) -> None:
     """Fill the feature cache before the first step: every training image, in fixed chunks of the
     label file's order, each computed by the tower as one batch.
 
@@ -272,7 +320,9 @@ def warm_feature_cache(accelerator, model, collate: Collator, cache: FeatureCach
     unwrapped.eval()
     chunks = [list(range(s, min(s + batch_size, n))) for s in range(0, n, batch_size)]
     with torch.no_grad(), cache.whole(stop=accelerator.distributed_type != "DEEPSPEED"):
-        for idx in tqdm(chunks, desc="vision features", unit="batch", disable=not progress or not accelerator.is_main_process):
+        for idx in tqdm(
+            chunks, desc="vision features", unit="batch", disable=not progress or not accelerator.is_main_process
+        ):
             batch = collate.images(idx)
             inputs = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch["inputs"].items()}
             with cache.keyed(batch["keys"]), contextlib.suppress(StopForward):
@@ -313,17 +363,36 @@ def reseed(seed: int, state: TrainState, process: int) -> None:
     set_seed(int(np.random.SeedSequence([seed, state.epoch, state.batches_done, process]).generate_state(1)[0]))
 
 
-def train_step(accelerator, model, optimizer, scheduler, batch: dict, trainable: list, conv: Conversation,
-               params: Params, cache: FeatureCache) -> tuple[bool, dict[str, float]]:
+def train_step(
+    accelerator,
+    model,
+    optimizer,
+    scheduler,
+    batch: dict,
+    trainable: list,
+    conv: Conversation,
+    params: Params,
+    cache: FeatureCache,
+) -> tuple[bool, dict[str, float]]:
     """One micro-batch: forward (vision features from the cache), DeQA losses, backward, and on a
     gradient-sync boundary clipping and the optimizer/scheduler step; (synced, losses)."""
     lc = params.loss
     with accelerator.accumulate(model):
         with cache.keyed(batch["keys"]):
             logits = model(**batch["inputs"]).logits
-        losses = deqa_loss(logits, batch["labels"], batch["level_pos"], conv.level_ids, batch["target"],
-                           batch["m"], batch["s"], lc.kl_weight, lc.token_weight, lc.fidelity_weight,
-                           lc.fidelity_sigma)
+        losses = deqa_loss(
+            logits,
+            batch["labels"],
+            batch["level_pos"],
+            conv.level_ids,
+            batch["target"],
+            batch["m"],
+            batch["s"],
+            lc.kl_weight,
+            lc.token_weight,
+            lc.fidelity_weight,
+            lc.fidelity_sigma,
+        )
         accelerator.backward(losses["loss"])
         if accelerator.sync_gradients and params.train.max_grad_norm > 0:
             accelerator.clip_grad_norm_(trainable, params.train.max_grad_norm)
@@ -345,8 +414,17 @@ def log_train(live, state: TrainState, scheduler) -> None:
     state.running = {}
 
 
-def end_epoch(accelerator, model, processor, val_ex: Examples | None, state: TrainState, tcfg: TrainConfig,
-              live, bar, cache: FeatureCache) -> None:
+def end_epoch(
+    accelerator,
+    model,
+    processor,
+    val_ex: Examples | None,
+    state: TrainState,
+    tcfg: TrainConfig,
+    live,
+    bar,
+    cache: FeatureCache,
+) -> None:
     """Validate, remember the best epoch (``train.select: best``) and move on to the next epoch."""
     if val_ex is not None:
         with cache.whole():  # validation batches are always the same: the first fills the cache batched
@@ -404,16 +482,29 @@ def selected(state: TrainState, tcfg: TrainConfig) -> dict:
     """Which weights are saved: the best validated epoch (``select: best``) or the last one."""
     if tcfg.select == "best" and state.best is not None:
         return {"select": "best", **state.best}
-    last = state.history[-1] if state.history else {
-        "epoch": max(state.epoch - 1, 0), "step": state.step, "val_srcc": None, "val_plcc": None}
+    last = (
+        state.history[-1]
+        if state.history
+        else {"epoch": max(state.epoch - 1, 0), "step": state.step, "val_srcc": None, "val_plcc": None}
+    )
     return {"select": "last", **last}
 
 
 # ---------------------------------------------------------------------------------------------
 # saving
 # ---------------------------------------------------------------------------------------------
-def save_final(accelerator, model, state: TrainState, processor, conv: Conversation, params: Params,
-               base_dir, out_dir, summary: dict, datasets: list[str] | None = None) -> None:
+def save_final(
+    accelerator,
+    model,
+    state: TrainState,
+    processor,
+    conv: Conversation,
+    params: Params,
+    base_dir,
+    out_dir,
+    summary: dict,
+    datasets: list[str] | None = None,
+) -> None:
     """Save the selected weights with :func:`save_trained` (ZeRO-3 shards gathered first)."""
     accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(model)
@@ -424,13 +515,23 @@ def save_final(accelerator, model, state: TrainState, processor, conv: Conversat
     if summary["selected"]["select"] == "best" and state.best_weights is not None:
         state_dict = {**(state_dict if state_dict is not None else unwrapped.state_dict()), **state.best_weights}
     if accelerator.is_main_process:
-        save_trained(unwrapped, processor, conv, params, base_dir, out_dir, summary, state_dict=state_dict,
-                     datasets=datasets)
+        save_trained(
+            unwrapped, processor, conv, params, base_dir, out_dir, summary, state_dict=state_dict, datasets=datasets
+        )
     accelerator.wait_for_everyone()
 
 
-def save_trained(model, processor, conv: Conversation, params: Params, base_dir, out_dir, summary: dict,
-                 state_dict: dict | None = None, datasets: list[str] | None = None) -> None:
+def save_trained(
+    model,
+    processor,
+    conv: Conversation,
+    params: Params,
+    base_dir,
+    out_dir,
+    summary: dict,
+    state_dict: dict | None = None,
+    datasets: list[str] | None = None,
+) -> None:
     """Write the adapter (or full model), the processor and ``deqa_model.json`` to ``out_dir``.
 
     ``state_dict``: the weights to save where they are not the model's own (the best epoch's, or
