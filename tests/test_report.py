@@ -391,3 +391,18 @@ def test_report_renders_in_headless_chromium(outputs, tmp_path):
     assert check.height > 2000 and check.ink_share > 0.03
     with Image.open(check.screenshot) as im:
         assert im.size[0] == 1100
+
+
+def test_an_overall_breakdown_is_not_a_copy_of_its_one_dataset_with_provenance():
+    from deqa.report.context import breakdown_sets
+    from deqa.report.inputs import EvalSet, Monotonicity
+
+    mono = Monotonicity(mean=0.9, n_series=3, n_undefined=0, by_distortion={})
+
+    def s(split, name, rows):
+        return EvalSet(n=10, split=split, name=name, monotonicity=mono if rows else None)
+
+    one = [s("test", "overall", True), s("test", "photos", False), s("test", "distorted", True)]
+    assert [x.key for x in breakdown_sets(one)] == ["test/distorted"]
+    two = [s("test", "overall", True), s("test", "a", True), s("test", "b", True), s("cross", "sens", True)]
+    assert [x.key for x in breakdown_sets(two)] == ["test/overall", "test/a", "test/b", "cross/sens"]

@@ -126,7 +126,7 @@ def view(data: ReportData, examples: int = 4) -> dict[str, Any]:
         "sets": sets,
         "cards": cards,
         "head": head,
-        "breakdown_sets": [s for s in sets if s.has_breakdown],
+        "breakdown_sets": context.breakdown_sets(sets),
         "sentences": context.glance_sentences(data),
         "key_params": context.key_params(data.params.value),
         "params_rows": context.params_rows(data.params.value) if data.params.ok else [],

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from deqa.config import flat_keys
+from deqa.metrics import OVERALL
 from deqa.report import figures
 from deqa.report.inputs import EvalSet, Loaded, Predictions, ReportSources
 from deqa.report.provenance import Provenance
@@ -68,6 +69,20 @@ def card_sets(sets: list[EvalSet]) -> list[EvalSet]:
     (all sets when only those exist)."""
     chosen = [s for s in sets if s.split not in ("val", "train")]
     return chosen or list(sets)
+
+
+def breakdown_sets(sets: list[EvalSet]) -> list[EvalSet]:
+    """The sets that get a per-distortion / per-severity breakdown: every set with provenance,
+    except an ``overall`` whose provenance rows all come from one dataset of its split (its
+    breakdown would repeat that dataset's, row for row)."""
+    with_rows = [s for s in sets if s.has_breakdown]
+    out = []
+    for s in with_rows:
+        others = [o for o in with_rows if o.split == s.split and o.name != OVERALL]
+        if s.name == OVERALL and len(others) == 1:
+            continue
+        out.append(s)
+    return out
 
 
 def split_note(split: str) -> str:
@@ -273,7 +288,7 @@ def build_figures(data: ReportData, head: EvalSet | None) -> dict[str, Any]:
             out["calibration"] = figures.calibration_figure(rows["s"].to_numpy(float), rows["pred_std"].to_numpy(float))
     if data.curves.ok:
         out["curves"] = figures.curves_figure(data.curves.value)
-    for s in sets:
+    for s in breakdown_sets(sets):
         if s.by_distortion_severity:
             out["severity"][s.key] = figures.severity_figure(s.by_distortion_severity, s.by_severity.get(0))
     return out
