@@ -56,19 +56,48 @@ SETTINGS = {
     "avx2-machine": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "AVX2"},
 }
 STAGES = ("base_model", "train", "evaluate")
-TINY = {"prepare.synthetic": {"crops_per_photo": 1, "image_size": 64},
-        "model.tiny": {"image_size": 64, "hidden_size": 32, "intermediate_size": 64, "layers": 1, "heads": 2},
-        "train": {"epochs": 1, "batch_pairs": 8, "checkpoint_every": 10}, "evaluate": {"bootstrap": 20}}
+TINY = {
+    "prepare.synthetic": {"crops_per_photo": 1, "image_size": 64},
+    "model.tiny": {"image_size": 64, "hidden_size": 32, "intermediate_size": 64, "layers": 1, "heads": 2},
+    "train": {"epochs": 1, "batch_pairs": 8, "checkpoint_every": 10},
+    "evaluate": {"bootstrap": 20},
+}
 # key patterns the gate distinguishes; first match wins (gate.yaml uses the same order)
-PATTERNS = ("steps", "trainable_params", "*.n", "*.confusion.*", "*.srcc*", "*.plcc*", "*.krcc", "*.rmse",
-            "*.std_*", "*.entropy", "*.kl", "*.js", "*.w2", "*.monotonicity", "val_*", "*")
+PATTERNS = (
+    "steps",
+    "trainable_params",
+    "*.n",
+    "*.confusion.*",
+    "*.srcc*",
+    "*.plcc*",
+    "*.krcc",
+    "*.rmse",
+    "*.std_*",
+    "*.entropy",
+    "*.kl",
+    "*.js",
+    "*.w2",
+    "*.monotonicity",
+    "val_*",
+    "*",
+)
 
 
 def _env(extra: dict[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA", "DVC_STAGE", "DVC_ROOT")}
-    return {**env, "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}", "HF_HUB_OFFLINE": "1",
-            "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "DVC_NO_ANALYTICS": "1", **extra}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA", "DVC_STAGE", "DVC_ROOT")
+    }
+    return {
+        **env,
+        "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "DVC_NO_ANALYTICS": "1",
+        **extra,
+    }
 
 
 def _run(cmd: list[str], cwd: Path, extra: dict[str, str] | None = None) -> None:
@@ -103,8 +132,12 @@ def _metrics_files(repo: Path) -> list[str]:
 
 def _out_hashes(repo: Path) -> dict[str, str]:
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
-    return {f"{stage}:{o['path']}": o.get("md5", "") for stage in STAGES for o in lock[stage].get("outs", [])
-            if not o["path"].startswith("metrics/")}
+    return {
+        f"{stage}:{o['path']}": o.get("md5", "")
+        for stage in STAGES
+        for o in lock[stage].get("outs", [])
+        if not o["path"].startswith("metrics/")
+    }
 
 
 def measure(settings: list[str], size: str, work: Path) -> dict:

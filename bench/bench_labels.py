@@ -28,8 +28,9 @@ def _phi(x: float) -> float:
     return 0.5 * math.erfc(-x / math.sqrt(2.0))
 
 
-def soft_label_row(m: float, s: float, density: str = "pdf", std_min: float = 0.2,
-                   max_mean_error: float = 0.1) -> tuple[list[float], bool]:
+def soft_label_row(
+    m: float, s: float, density: str = "pdf", std_min: float = 0.2, max_mean_error: float = 0.1
+) -> tuple[list[float], bool]:
     """One row, the spec's formulas written out literally."""
     fallback = not (s >= std_min and s > 0)
     if not fallback:
@@ -38,11 +39,11 @@ def soft_label_row(m: float, s: float, density: str = "pdf", std_min: float = 0.
         else:
             p = [_phi((k + 0.5 - m) / s) - _phi((k - 0.5 - m) / s) for k in LEVELS]
         a = sum(p)
-        b = sum(k * pk for k, pk in zip(LEVELS, p))
+        b = sum(k * pk for k, pk in zip(LEVELS, p, strict=False))
         alpha = (m - 3.0) / (b - 3.0 * a + 1e-9)
         beta = (1.0 - alpha * a) / 5.0
         q = [max(alpha * pk + beta, 0.0) for pk in p]
-        fallback = not abs(sum(k * qk for k, qk in zip(LEVELS, q)) - m) <= max_mean_error
+        fallback = not abs(sum(k * qk for k, qk in zip(LEVELS, q, strict=False)) - m) <= max_mean_error
     if fallback:
         mc = min(max(m, 1.0), 5.0)
         k = min(max(math.ceil(mc) - 1, 1), 4)
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
     m_list, s_list = m.tolist(), s.tolist()
     t0 = time.perf_counter()
-    rows = [soft_label_row(mi, si, args.density) for mi, si in zip(m_list, s_list)]
+    rows = [soft_label_row(mi, si, args.density) for mi, si in zip(m_list, s_list, strict=False)]
     t_row = time.perf_counter() - t0
 
     ref = np.array([q for q, _ in rows])
@@ -83,8 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     diff = float(np.abs(probs - ref).max())
     mismatched = int((fallback != ref_fallback).sum())
     speedup = t_row / t_vec
-    print(f"rows {args.rows:,}  density {args.density}  fallbacks {int(fallback.sum()):,}  "
-          f"({platform.processor() or platform.machine()}, numpy {np.__version__})")
+    print(
+        f"rows {args.rows:,}  density {args.density}  fallbacks {int(fallback.sum()):,}  "
+        f"({platform.processor() or platform.machine()}, numpy {np.__version__})"
+    )
     print(f"vectorised (best of {args.repeat}): {t_vec * 1e3:.1f} ms")
     print(f"per-row loop: {t_row:.2f} s")
     print(f"speed-up: {speedup:.0f}x   max |difference|: {diff:.1e}   fallback mismatches: {mismatched}")

@@ -40,8 +40,9 @@ BIQ = REPO.parent / "shared" / "realdata" / "biq2021" / "images"
 
 def old_scoring(rev: str):
     """The scoring module as it was at ``rev``, imported from a temporary file."""
-    code = subprocess.run(["git", "show", f"{rev}:src/deqa/scoring.py"], cwd=REPO, check=True,
-                          capture_output=True, text=True).stdout
+    code = subprocess.run(
+        ["git", "show", f"{rev}:src/deqa/scoring.py"], cwd=REPO, check=True, capture_output=True, text=True
+    ).stdout
     path = Path(tempfile.gettempdir()) / f"deqa_old_scoring_{rev}.py"
     path.write_text(code)
     spec = importlib.util.spec_from_file_location("deqa_old_scoring", path)
@@ -93,16 +94,32 @@ def memory(args) -> None:
     rows = []
     for kind, n in (("old", args.small), ("old", args.old_large), ("new", args.small), ("new", args.large)):
         folder = make_images(work / f"n{n}", n, args.size)
-        cmd = [sys.executable, __file__, "--child", kind, "--old-rev", args.old_rev, "--",
-               str(folder), "--model", args.model, "--batch-size", str(args.batch_size), "--no-progress",
-               "-o", str(work / f"out_{kind}_{n}.csv")]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            kind,
+            "--old-rev",
+            args.old_rev,
+            "--",
+            str(folder),
+            "--model",
+            args.model,
+            "--batch-size",
+            str(args.batch_size),
+            "--no-progress",
+            "-o",
+            str(work / f"out_{kind}_{n}.csv"),
+        ]
         mib, secs, code = peak_rss(cmd)
         rows.append((kind, n, mib, secs))
         print(f"memory: {kind} code, {n:6d} images: peak RSS {mib:7.0f} MiB, {secs:6.1f} s, exit {code}", flush=True)
     by = {(k, n): mib for k, n, mib, _ in rows}
-    print(f"memory: new {args.large} / new {args.small} images: {by[('new', args.large)] / by[('new', args.small)]:.2f}x "
-          f"(target <= 1.5x); old {args.old_large} / old {args.small}: "
-          f"{by[('old', args.old_large)] / by[('old', args.small)]:.2f}x")
+    print(
+        f"memory: new {args.large} / new {args.small} images: {by[('new', args.large)] / by[('new', args.small)]:.2f}x "
+        f"(target <= 1.5x); old {args.old_large} / old {args.small}: "
+        f"{by[('old', args.old_large)] / by[('old', args.small)]:.2f}x"
+    )
 
 
 def throughput(args) -> None:
@@ -130,8 +147,10 @@ def throughput(args) -> None:
 
         return np.concatenate([b.result.mean for b in scorer.iter_score(paths, args.batch_size, decoder=decoder)])
 
-    variants = {"old (decode all, then score)": run_old, **{f"new, decoder={d}": (lambda d=d: run_new(d))
-                                                           for d in ("none", "thread", "process")}}
+    variants = {
+        "old (decode all, then score)": run_old,
+        **{f"new, decoder={d}": (lambda d=d: run_new(d)) for d in ("none", "thread", "process")},
+    }
     scorer.score(paths[:4], progress=False)  # warm-up
     times = {name: [] for name in variants}
     cpus = {name: [] for name in variants}
@@ -144,18 +163,23 @@ def throughput(args) -> None:
             dt, dc = time.perf_counter() - t, cpu() - c
             times[name].append(dt)
             cpus[name].append(dc)
-            print(f"throughput round {r + 1}: {name:30s} {len(paths) / dt:6.1f} images/s, "
-                  f"{1000 * dc / len(paths):5.1f} CPU ms/image (load {load:.1f})", flush=True)
+            print(
+                f"throughput round {r + 1}: {name:30s} {len(paths) / dt:6.1f} images/s, "
+                f"{1000 * dc / len(paths):5.1f} CPU ms/image (load {load:.1f})",
+                flush=True,
+            )
     rotated = exif_rotated(paths)
     base = statistics.median(times["old (decode all, then score)"])
     ref = scores["old (decode all, then score)"]
     for name, ts in times.items():
         med = statistics.median(ts)
         diff = abs(scores[name] - ref)
-        print(f"throughput: {name:30s} median {len(paths) / med:6.1f} images/s, {base / med:4.2f}x old, "
-              f"{1000 * statistics.median(cpus[name]) / len(paths):5.1f} CPU ms/image; max |score - old| "
-              f"{float(diff[~rotated].max()):.1e} ({int((~rotated).sum())} upright), "
-              f"{float(diff[rotated].max()) if rotated.any() else 0:.2f} ({int(rotated.sum())} EXIF-rotated)")
+        print(
+            f"throughput: {name:30s} median {len(paths) / med:6.1f} images/s, {base / med:4.2f}x old, "
+            f"{1000 * statistics.median(cpus[name]) / len(paths):5.1f} CPU ms/image; max |score - old| "
+            f"{float(diff[~rotated].max()):.1e} ({int((~rotated).sum())} upright), "
+            f"{float(diff[rotated].max()) if rotated.any() else 0:.2f} ({int(rotated.sum())} EXIF-rotated)"
+        )
 
 
 def exif_rotated(paths: list[str]):
@@ -174,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--child"]:
         sep = argv.index("--")
-        return child(argv[1], argv[argv.index("--old-rev") + 1], argv[sep + 1:])
+        return child(argv[1], argv[argv.index("--old-rev") + 1], argv[sep + 1 :])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("parts", nargs="*", help="memory, throughput (default: both)")
     ap.add_argument("--model", default="models/deqa")
@@ -193,8 +217,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown part(s): {', '.join(sorted(set(args.parts) - {'memory', 'throughput'}))}")
     import torch
 
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"1 torch thread, model {args.model}, batch {args.batch_size}, old code: {args.old_rev}")
+    print(
+        f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"1 torch thread, model {args.model}, batch {args.batch_size}, old code: {args.old_rev}"
+    )
     if "memory" in args.parts:
         memory(args)
     if "throughput" in args.parts:

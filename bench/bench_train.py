@@ -44,13 +44,18 @@ LABELS, BASE = Path("data/soft_labels"), Path("models/base")
 def old_source(rev: str | None) -> tuple[str, str]:
     """(revision, text) of the previous ``src/deqa/training.py``."""
     if rev is None:
-        added = subprocess.run(["git", "-C", str(REPO), "log", "--diff-filter=A", "--format=%H", "--",
-                                "src/deqa/data.py"], capture_output=True, text=True, check=True).stdout.split()
+        added = subprocess.run(
+            ["git", "-C", str(REPO), "log", "--diff-filter=A", "--format=%H", "--", "src/deqa/data.py"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
         if not added:
             raise SystemExit("cannot find the commit that added src/deqa/data.py; pass --old-rev")
         rev = added[-1] + "^"
-    text = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:src/deqa/training.py"], capture_output=True,
-                          text=True, check=True).stdout
+    text = subprocess.run(
+        ["git", "-C", str(REPO), "show", f"{rev}:src/deqa/training.py"], capture_output=True, text=True, check=True
+    ).stdout
     return rev, text
 
 
@@ -80,18 +85,26 @@ def child(version: str, params_file: str, epochs: int, old_file: str | None) -> 
     module.deqa_loss = timed_loss
     with tempfile.TemporaryDirectory() as tmp:
         t0, c0 = time.perf_counter(), time.process_time()
-        summary = module.train(params, str(LABELS), str(BASE), f"{tmp}/model", f"{tmp}/ckpt", f"{tmp}/live",
-                               progress=False)
+        summary = module.train(
+            params, str(LABELS), str(BASE), f"{tmp}/model", f"{tmp}/ckpt", f"{tmp}/live", progress=False
+        )
         seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     per_epoch, n = summary["total_steps"] // epochs, len(stamps)
-    res = {"version": version, "steps": summary["steps"], "seconds": seconds, "cpu_seconds": cpu,
-           "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-           "val_srcc": [h["val_srcc"] for h in summary.get("history", [])]}
+    res = {
+        "version": version,
+        "steps": summary["steps"],
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "val_srcc": [h["val_srcc"] for h in summary.get("history", [])],
+    }
     for clock, name in ((0, "wall"), (1, "cpu")):  # steps per second of wall-clock and of CPU time
         res[f"{name}_whole"] = summary["steps"] / (seconds if clock == 0 else cpu)
         start = t0 if clock == 0 else c0  # from the call: set-up and (current version) the cache fill included
         res[f"{name}_epoch1"] = per_epoch / (stamps[per_epoch][clock] - start) if n > per_epoch else 0.0
-        res[f"{name}_later"] = (n - 1 - per_epoch) / (stamps[-1][clock] - stamps[per_epoch][clock]) if n > per_epoch + 1 else 0.0
+        res[f"{name}_later"] = (
+            (n - 1 - per_epoch) / (stamps[-1][clock] - stamps[per_epoch][clock]) if n > per_epoch + 1 else 0.0
+        )
     return res
 
 
@@ -113,7 +126,11 @@ def collation(params_file: str, batches: int) -> dict:
     for c in chunks:  # fill the per-image entries of these images, as the first epoch does
         fast.pairs(c)
     res = {}
-    for name, collate in (("processor every batch", slow), ("assembled from entries", fast), ("processor every batch", slow)):
+    for name, collate in (
+        ("processor every batch", slow),
+        ("assembled from entries", fast),
+        ("processor every batch", slow),
+    ):
         t0 = time.perf_counter()
         for c in chunks:
             collate.pairs(c)
@@ -123,8 +140,18 @@ def collation(params_file: str, batches: int) -> dict:
 
 
 def run_child(version: str, args, old_file: str) -> dict:
-    cmd = [sys.executable, __file__, "--child", version, "--params", args.params, "--epochs", str(args.epochs),
-           "--old-file", old_file]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        version,
+        "--params",
+        args.params,
+        "--epochs",
+        str(args.epochs),
+        "--old-file",
+        old_file,
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"{version} run failed:\n{out.stderr[-3000:]}")
@@ -149,19 +176,23 @@ def main(argv=None) -> int:
     import torch
 
     rev, text = old_source(args.old_rev)
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"1 thread; previous training.py from {rev}; {args.epochs} epochs")
+    print(
+        f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"1 thread; previous training.py from {rev}; {args.epochs} epochs"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         old_file = str(Path(tmp) / "deqa_training_previous.py")
         Path(old_file).write_text(text)
         runs = {"old": [], "new": []}
         for r in range(args.repeat):
-            for version in (("old", "new") if r % 2 == 0 else ("new", "old")):
+            for version in ("old", "new") if r % 2 == 0 else ("new", "old"):
                 res = run_child(version, args, old_file)
                 runs[version].append(res)
-                print(f"{version}: {res['steps']} steps in {res['seconds']:.1f} s wall, {res['cpu_seconds']:.1f} s CPU; "
-                      f"peak RSS {res['rss_mib']:.0f} MiB; val SRCC {[round(v, 4) for v in res['val_srcc']]}",
-                      flush=True)
+                print(
+                    f"{version}: {res['steps']} steps in {res['seconds']:.1f} s wall, {res['cpu_seconds']:.1f} s CPU; "
+                    f"peak RSS {res['rss_mib']:.0f} MiB; val SRCC {[round(v, 4) for v in res['val_srcc']]}",
+                    flush=True,
+                )
     print(f"{'steps/s (best run of each)':34s} {'previous':>9s} {'current':>9s} {'speed-up':>9s}")
     for clock in ("wall", "cpu"):
         for part, label in (("whole", "whole run"), ("epoch1", "set-up + epoch 1"), ("later", "later epochs")):
@@ -169,9 +200,11 @@ def main(argv=None) -> int:
             old_v, new_v = (max(r[key] for r in runs[v]) for v in ("old", "new"))
             print(f"{label + ', ' + clock + ' clock':34s} {old_v:9.2f} {new_v:9.2f} {new_v / old_v:8.2f}x")
     col = collation(args.params, args.collate_batches)
-    print(f"collation alone: processor every batch {col['processor every batch']:.0f} images/s, "
-          f"assembled from entries {col['assembled from entries']:.0f} images/s "
-          f"({col['assembled from entries'] / col['processor every batch']:.1f}x)")
+    print(
+        f"collation alone: processor every batch {col['processor every batch']:.0f} images/s, "
+        f"assembled from entries {col['assembled from entries']:.0f} images/s "
+        f"({col['assembled from entries'] / col['processor every batch']:.1f}x)"
+    )
     return 0
 
 

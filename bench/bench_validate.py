@@ -62,10 +62,14 @@ def main(argv: list[str] | None = None) -> int:
     assert result.success and result.report["kept"] == args.rows, result.message
     total, fc = statistics.median(totals), statistics.median(files)
     n_exp = len(result.report["expectations"])
-    print(f"rows: {args.rows}, expectations: {n_exp}, repeats: {args.repeat}, "
-          f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus, load {os.getloadavg()[0]:.2f}")
-    print(f"validate_manifest total: median {total:.2f} s (runs: {', '.join(f'{x:.2f}' for x in totals)}) "
-          f"= {args.rows / total:,.0f} rows/s")
+    print(
+        f"rows: {args.rows}, expectations: {n_exp}, repeats: {args.repeat}, "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus, load {os.getloadavg()[0]:.2f}"
+    )
+    print(
+        f"validate_manifest total: median {total:.2f} s (runs: {', '.join(f'{x:.2f}' for x in totals)}) "
+        f"= {args.rows / total:,.0f} rows/s"
+    )
     print(f"  per-image file checks: {fc:.2f} s ({1e3 * fc / args.rows:.2f} ms/image)")
     print(f"  frame building + GX suite + report: {total - fc:.2f} s")
     return 0

@@ -42,8 +42,16 @@ def biq_frame(seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0
     """BIQ2021 rows with the pipeline's seeded split (``generic-csv``, lo 0, hi 1)."""
     from deqa.importers import import_labels
 
-    return import_labels(BIQ / "labels.csv", "generic-csv", name="biq2021", lo=0.0, hi=1.0, seed=seed,
-                         val_fraction=val_fraction, test_fraction=test_fraction)
+    return import_labels(
+        BIQ / "labels.csv",
+        "generic-csv",
+        name="biq2021",
+        lo=0.0,
+        hi=1.0,
+        seed=seed,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+    )
 
 
 def livec_frame() -> pd.DataFrame:
@@ -108,7 +116,7 @@ def extract(paths: list[str], size: int, batch: int = 4, progress: str = "") -> 
     feats, t_load, t_net = [], 0.0, 0.0
     for start in range(0, len(paths), batch):
         t0 = time.perf_counter()
-        imgs = np.stack([load_rgb(p, size) for p in paths[start:start + batch]])
+        imgs = np.stack([load_rgb(p, size) for p in paths[start : start + batch]])
         t1 = time.perf_counter()
         feats.append(block_stats(normalise(imgs)))
         t2 = time.perf_counter()

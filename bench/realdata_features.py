@@ -20,8 +20,9 @@ import torch
 import realdata_common as rc
 
 
-def time_extraction(paths: list[str], size: int, threads: int, n: int = 64, stats=("mean", "std"),
-                    layers: str = "stages") -> dict:
+def time_extraction(
+    paths: list[str], size: int, threads: int, n: int = 64, stats=("mean", "std"), layers: str = "stages"
+) -> dict:
     """Wall and CPU ms per image: decode + resize, and the tiny model's own tower (micro-batches)."""
     from deqa.tiny import MobileNetV2VisionConfig, MobileNetV2VisionModel, load_imagenet_weights
 
@@ -38,8 +39,13 @@ def time_extraction(paths: list[str], size: int, threads: int, n: int = 64, stat
         for chunk in batch.split(32):
             tower(chunk)
     w3, c3 = time.perf_counter(), time.process_time()
-    return {"size": size, "threads": threads, "decode_ms": 1000 * (w1 - w0) / n,
-            "tower_ms": 1000 * (w3 - w2) / n, "tower_cpu_ms": 1000 * (c3 - c2) / n}
+    return {
+        "size": size,
+        "threads": threads,
+        "decode_ms": 1000 * (w1 - w0) / n,
+        "tower_ms": 1000 * (w3 - w2) / n,
+        "tower_cpu_ms": 1000 * (c3 - c2) / n,
+    }
 
 
 def main(argv=None) -> int:
@@ -58,8 +64,11 @@ def main(argv=None) -> int:
         for size in args.sizes:
             for threads in (1, 2):
                 r = time_extraction(biq_paths, size, threads, stats=args.stats, layers=args.layers)
-                print(f"size {size:4d} threads {threads}: decode+resize {r['decode_ms']:.1f} ms/img, "
-                      f"tower {r['tower_ms']:.1f} ms/img wall, {r['tower_cpu_ms']:.1f} ms/img CPU", flush=True)
+                print(
+                    f"size {size:4d} threads {threads}: decode+resize {r['decode_ms']:.1f} ms/img, "
+                    f"tower {r['tower_ms']:.1f} ms/img wall, {r['tower_cpu_ms']:.1f} ms/img CPU",
+                    flush=True,
+                )
         return 0
     torch.set_num_threads(1)
     for size in args.sizes:

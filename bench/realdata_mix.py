@@ -69,21 +69,38 @@ def main(argv=None) -> int:
     ap.add_argument("--dist-per-photo", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--alpha", type=float, default=0, help="fixed ridge alpha (0: chosen on BIQ2021 val)")
-    ap.add_argument("--weights", type=float, nargs="*", default=[1.0],
-                    help="sample weight(s) of the synthetic rows relative to BIQ2021 rows")
-    ap.add_argument("--photos", type=int, nargs="*", default=[0],
-                    help="use the distorted images of only this many (seeded) training photos (0: all)")
+    ap.add_argument(
+        "--weights",
+        type=float,
+        nargs="*",
+        default=[1.0],
+        help="sample weight(s) of the synthetic rows relative to BIQ2021 rows",
+    )
+    ap.add_argument(
+        "--photos",
+        type=int,
+        nargs="*",
+        default=[0],
+        help="use the distorted images of only this many (seeded) training photos (0: all)",
+    )
     ap.add_argument("--no-distorted", dest="distorted", action="store_false")
     ap.add_argument("--synthetic", action="store_true")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     sets = load_sets(args)
     tag = f"q{args.min_quality}_n{args.max_photos}_d{args.dist_per_photo}"
-    names = {"biq": "biq2021", "distorted": f"distorted_{tag}", "synthetic": "synthetic_default",
-             "sensitivity": "sensitivity"}
+    names = {
+        "biq": "biq2021",
+        "distorted": f"distorted_{tag}",
+        "synthetic": "synthetic_default",
+        "sensitivity": "sensitivity",
+    }
     x = {k: columns(features(names[k], f, args.size), args.readout) for k, f in sets.items()}
-    print(f"features ready in {time.perf_counter() - t0:.0f} s; rows " +
-          ", ".join(f"{k}={len(f)}" for k, f in sets.items()), flush=True)
+    print(
+        f"features ready in {time.perf_counter() - t0:.0f} s; rows "
+        + ", ".join(f"{k}={len(f)}" for k, f in sets.items()),
+        flush=True,
+    )
     biq = sets["biq"]
     tr, va = (biq["split"] == "train").to_numpy(), (biq["split"] == "val").to_numpy()
     synth = [k for k in ("distorted", "synthetic") if k in sets]
@@ -91,8 +108,12 @@ def main(argv=None) -> int:
     if args.distorted:
         d = sets["distorted"]
         train_photos = sorted(set(d.loc[d["split"] == "train", "content"]))
-    runs = [(combo, w, n) for combo in combos for w in (args.weights if combo else [1.0])
-            for n in (args.photos if "distorted" in combo else [0])]
+    runs = [
+        (combo, w, n)
+        for combo in combos
+        for w in (args.weights if combo else [1.0])
+        for n in (args.photos if "distorted" in combo else [0])
+    ]
     for combo, w, n_photos in runs:
         if True:  # one ridge per (sources, weight, photos)
             xs, ys, ws = [x["biq"][tr]], [biq["m"].to_numpy()[tr]], [np.ones(tr.sum())]
@@ -109,22 +130,26 @@ def main(argv=None) -> int:
             best = None
             from sklearn.linear_model import Ridge
 
-            for alpha in ([args.alpha] if args.alpha else (300, 1000, 3000, 10000, 30000)):
+            for alpha in [args.alpha] if args.alpha else (300, 1000, 3000, 10000, 30000):
                 model = Ridge(alpha=alpha).fit((xt - mu) / sd, yt, sample_weight=wt)
                 s = rc.srcc(model.predict((x["biq"][va] - mu) / sd), biq["m"].to_numpy()[va])
                 if best is None or s > best[0]:
                     best = (s, alpha, model)
             s, alpha, model = best
-            line = (f"train on biq{''.join('+' + k for k in combo)} (w={w}, photos={n_photos or 'all'}, "
-                    f"rows={len(yt)}): alpha {alpha}; BIQ val {s:.3f}")
+            line = (
+                f"train on biq{''.join('+' + k for k in combo)} (w={w}, photos={n_photos or 'all'}, "
+                f"rows={len(yt)}): alpha {alpha}; BIQ val {s:.3f}"
+            )
             for k in synth:
                 part = (sets[k]["split"] == "val").to_numpy()
                 line += f"; {k} val {rc.srcc(model.predict((x[k][part] - mu) / sd), sets[k]['m'][part]):.3f}"
             sens = sets["sensitivity"].assign(pred=model.predict((x["sensitivity"] - mu) / sd))
             mono = monotonicity(sens)
-            line += (f"; sensitivity {mono['mean']:.3f} "
-                     f"({', '.join(f'{k} {v}' for k, v in mono.items() if k != 'mean')}); "
-                     f"pristine {sens[sens.severity == 0].pred.mean():.2f} worst {sens[sens.severity == 5].pred.mean():.2f}")
+            line += (
+                f"; sensitivity {mono['mean']:.3f} "
+                f"({', '.join(f'{k} {v}' for k, v in mono.items() if k != 'mean')}); "
+                f"pristine {sens[sens.severity == 0].pred.mean():.2f} worst {sens[sens.severity == 5].pred.mean():.2f}"
+            )
             print(line, flush=True)
     return 0
 

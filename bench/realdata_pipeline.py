@@ -68,19 +68,35 @@ def step_prepare(args, params) -> None:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     p = params["prepare"]
-    biq = import_labels(SHARED / "biq2021" / "labels.csv", "generic-csv", root=SHARED / "biq2021", name="biq2021",
-                        lo=0.0, hi=1.0, seed=args.seed, val_fraction=p["val_fraction"], test_fraction=p["test_fraction"])
+    biq = import_labels(
+        SHARED / "biq2021" / "labels.csv",
+        "generic-csv",
+        root=SHARED / "biq2021",
+        name="biq2021",
+        lo=0.0,
+        hi=1.0,
+        seed=args.seed,
+        val_fraction=p["val_fraction"],
+        test_fraction=p["test_fraction"],
+    )
     frames = [biq]
     if args.distorted:
         photos = photos_from_manifest(biq, min_quality=args.min_quality, max_photos=args.max_photos, seed=args.seed)
-        labels = generate_from_photos(photos, out / "biq2021_distorted", image_size=args.size,
-                                      distortions_per_photo=args.distortions_per_photo, seed=args.seed)
+        labels = generate_from_photos(
+            photos,
+            out / "biq2021_distorted",
+            image_size=args.size,
+            distortions_per_photo=args.distortions_per_photo,
+            seed=args.seed,
+        )
         frames.append(import_labels(labels, "generic-csv", name="biq2021_distorted", lo=1.0, hi=5.0))
     generate_sensitivity_set(out / "sensitivity", image_size=args.size, seed=args.seed)
     manifest = pd.concat(frames, ignore_index=True)
     manifest.to_csv(out / "manifest.csv", index=False)
-    print(f"prepare: {len(manifest)} rows; " + ", ".join(
-        f"{d}/{s}={n}" for (d, s), n in manifest.groupby(["dataset", "split"]).size().items()))
+    print(
+        f"prepare: {len(manifest)} rows; "
+        + ", ".join(f"{d}/{s}={n}" for (d, s), n in manifest.groupby(["dataset", "split"]).size().items())
+    )
 
 
 def step_base_model(args, params) -> None:
@@ -89,10 +105,20 @@ def step_base_model(args, params) -> None:
     t = params["model"]["tiny"]
     out = args.work / "models" / "base"
     shutil.rmtree(out, ignore_errors=True)
-    build_tiny_llava(out, image_size=t["image_size"], vision_tokens=t["vision_tokens"], hidden_size=t["hidden_size"],
-                     intermediate_size=t["intermediate_size"], layers=t["layers"], heads=t["heads"],
-                     seed=params["base"]["seed"], standardise=t["standardise"], projector_act=t["projector_act"],
-                     vision_stats=args.vision_stats, vision_layers=args.vision_layers)
+    build_tiny_llava(
+        out,
+        image_size=t["image_size"],
+        vision_tokens=t["vision_tokens"],
+        hidden_size=t["hidden_size"],
+        intermediate_size=t["intermediate_size"],
+        layers=t["layers"],
+        heads=t["heads"],
+        seed=params["base"]["seed"],
+        standardise=t["standardise"],
+        projector_act=t["projector_act"],
+        vision_stats=args.vision_stats,
+        vision_layers=args.vision_layers,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,10 +132,26 @@ def write_params(args) -> dict:
     params["train"].update(epochs=args.epochs, lr=args.lr)
     sens = args.work / "data" / "prepare" / "sensitivity"
     params["evaluate"]["extra"] = [
-        {"name": "livec", "format": "livec", "labels": str(SHARED / "livec" / "labels.csv"),
-         "root": str(SHARED / "livec"), "lo": None, "hi": None, "split": "", "required": True},
-        {"name": "sensitivity", "format": "generic-csv", "labels": str(sens / "labels.csv"), "root": str(sens),
-         "lo": 1.0, "hi": 5.0, "split": "", "required": True},
+        {
+            "name": "livec",
+            "format": "livec",
+            "labels": str(SHARED / "livec" / "labels.csv"),
+            "root": str(SHARED / "livec"),
+            "lo": None,
+            "hi": None,
+            "split": "",
+            "required": True,
+        },
+        {
+            "name": "sensitivity",
+            "format": "generic-csv",
+            "labels": str(sens / "labels.csv"),
+            "root": str(sens),
+            "lo": 1.0,
+            "hi": 5.0,
+            "split": "",
+            "required": True,
+        },
     ]
     (args.work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return params
@@ -121,8 +163,9 @@ def timed(name: str, cmd: list[str], cwd: Path, log: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": str(cwd / "src"), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     t0 = time.perf_counter()
     with open(log, "w") as fh:
-        rc = subprocess.run(["/usr/bin/time", "-v", *cmd], cwd=cwd, env=env, stdout=fh,
-                            stderr=subprocess.STDOUT).returncode
+        rc = subprocess.run(
+            ["/usr/bin/time", "-v", *cmd], cwd=cwd, env=env, stdout=fh, stderr=subprocess.STDOUT
+        ).returncode
     wall = time.perf_counter() - t0
     text = log.read_text()
     rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", text).group(1)) / 1024
@@ -146,36 +189,142 @@ def main(argv=None) -> int:
     args.work.mkdir(parents=True)
     write_params(args)
     w, p = args.work, str(args.work / "params.yaml")
-    me = [sys.executable, str(Path(__file__).resolve()), str(w), "--repo", str(args.repo), "--size", str(args.size),
-          "--vision-stats", *args.vision_stats, "--vision-layers", args.vision_layers, "--min-quality",
-          str(args.min_quality), "--max-photos", str(args.max_photos), "--distortions-per-photo",
-          str(args.distortions_per_photo), "--seed", str(args.seed)] + ([] if args.distorted else ["--no-distorted"])
+    me = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        str(w),
+        "--repo",
+        str(args.repo),
+        "--size",
+        str(args.size),
+        "--vision-stats",
+        *args.vision_stats,
+        "--vision-layers",
+        args.vision_layers,
+        "--min-quality",
+        str(args.min_quality),
+        "--max-photos",
+        str(args.max_photos),
+        "--distortions-per-photo",
+        str(args.distortions_per_photo),
+        "--seed",
+        str(args.seed),
+    ] + ([] if args.distorted else ["--no-distorted"])
     st = [sys.executable]
     stage = str(args.repo / "stages")
     steps = [
         ("prepare", [*me, "--step", "prepare"]),
-        ("validate", [*st, f"{stage}/validate.py", "--params", p, "--manifest", f"{w}/data/prepare/manifest.csv",
-                      "--out", f"{w}/data/validate", "--metrics", f"{w}/metrics/validate.json"]),
-        ("soft_labels", [*st, f"{stage}/soft_labels.py", "--params", p, "--manifest", f"{w}/data/validate/manifest.csv",
-                         "--out", f"{w}/data/soft_labels", "--metrics", f"{w}/metrics/discretisation.json"]),
+        (
+            "validate",
+            [
+                *st,
+                f"{stage}/validate.py",
+                "--params",
+                p,
+                "--manifest",
+                f"{w}/data/prepare/manifest.csv",
+                "--out",
+                f"{w}/data/validate",
+                "--metrics",
+                f"{w}/metrics/validate.json",
+            ],
+        ),
+        (
+            "soft_labels",
+            [
+                *st,
+                f"{stage}/soft_labels.py",
+                "--params",
+                p,
+                "--manifest",
+                f"{w}/data/validate/manifest.csv",
+                "--out",
+                f"{w}/data/soft_labels",
+                "--metrics",
+                f"{w}/metrics/discretisation.json",
+            ],
+        ),
         ("base_model", [*me, "--step", "base_model"]),
-        ("train", [*st, f"{stage}/train.py", "--params", p, "--labels", f"{w}/data/soft_labels", "--base",
-                   f"{w}/models/base", "--out", f"{w}/models/deqa", "--checkpoints", f"{w}/checkpoints", "--live",
-                   f"{w}/dvclive/train", "--metrics", f"{w}/metrics/train.json"]),
-        ("evaluate", [*st, f"{stage}/evaluate.py", "--params", p, "--labels", f"{w}/data/soft_labels", "--model",
-                      f"{w}/models/deqa", "--base", f"{w}/models/base", "--out", f"{w}/data/evaluate", "--detail",
-                      f"{w}/data/evaluate/metrics.json", "--metrics", f"{w}/metrics/evaluate.json"]),
-        ("report", [*st, f"{stage}/report.py", "--params", p, "--out", f"{w}/reports", "--evaluate-detail",
-                    f"{w}/data/evaluate/metrics.json", "--predictions", f"{w}/data/evaluate/predictions.csv",
-                    "--discretisation", f"{w}/metrics/discretisation.json", "--validate-metrics",
-                    f"{w}/metrics/validate.json", "--validate-report", f"{w}/data/validate/report.json",
-                    "--manifest", f"{w}/data/validate/manifest.csv", "--train-metrics", f"{w}/metrics/train.json",
-                    "--dvclive", f"{w}/dvclive/train"]),
+        (
+            "train",
+            [
+                *st,
+                f"{stage}/train.py",
+                "--params",
+                p,
+                "--labels",
+                f"{w}/data/soft_labels",
+                "--base",
+                f"{w}/models/base",
+                "--out",
+                f"{w}/models/deqa",
+                "--checkpoints",
+                f"{w}/checkpoints",
+                "--live",
+                f"{w}/dvclive/train",
+                "--metrics",
+                f"{w}/metrics/train.json",
+            ],
+        ),
+        (
+            "evaluate",
+            [
+                *st,
+                f"{stage}/evaluate.py",
+                "--params",
+                p,
+                "--labels",
+                f"{w}/data/soft_labels",
+                "--model",
+                f"{w}/models/deqa",
+                "--base",
+                f"{w}/models/base",
+                "--out",
+                f"{w}/data/evaluate",
+                "--detail",
+                f"{w}/data/evaluate/metrics.json",
+                "--metrics",
+                f"{w}/metrics/evaluate.json",
+            ],
+        ),
+        (
+            "report",
+            [
+                *st,
+                f"{stage}/report.py",
+                "--params",
+                p,
+                "--out",
+                f"{w}/reports",
+                "--evaluate-detail",
+                f"{w}/data/evaluate/metrics.json",
+                "--predictions",
+                f"{w}/data/evaluate/predictions.csv",
+                "--discretisation",
+                f"{w}/metrics/discretisation.json",
+                "--validate-metrics",
+                f"{w}/metrics/validate.json",
+                "--validate-report",
+                f"{w}/data/validate/report.json",
+                "--manifest",
+                f"{w}/data/validate/manifest.csv",
+                "--train-metrics",
+                f"{w}/metrics/train.json",
+                "--dvclive",
+                f"{w}/dvclive/train",
+            ],
+        ),
     ]
     rows = [timed(name, cmd, args.repo, w / f"{name}.log") for name, cmd in steps]
-    total = {"stage": "TOTAL", "wall_s": round(sum(r["wall_s"] for r in rows), 1),
-             "cpu_s": round(sum(r["cpu_s"] for r in rows), 1), "peak_rss_mib": max(r["peak_rss_mib"] for r in rows)}
-    print(f"{'TOTAL':12s} wall {total['wall_s']:7.1f} s  cpu {total['cpu_s']:7.1f} s  peak RSS {total['peak_rss_mib']:7.0f} MiB")
+    total = {
+        "stage": "TOTAL",
+        "wall_s": round(sum(r["wall_s"] for r in rows), 1),
+        "cpu_s": round(sum(r["cpu_s"] for r in rows), 1),
+        "peak_rss_mib": max(r["peak_rss_mib"] for r in rows),
+    }
+    print(
+        f"{'TOTAL':12s} wall {total['wall_s']:7.1f} s  cpu {total['cpu_s']:7.1f} s  peak RSS {total['peak_rss_mib']:7.0f} MiB"
+    )
     load = Path("/proc/loadavg").read_text().split()[:3]
     (w / "timing.json").write_text(json.dumps({"stages": [*rows, total], "load_after": load}, indent=1))
     return 0

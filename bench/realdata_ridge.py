@@ -83,8 +83,14 @@ def scores(x: np.ndarray, y: np.ndarray, split: np.ndarray, subset: np.ndarray) 
         loso.append(rc.srcc(rc.ridge_fit(xt[rest], yt[rest], alpha)(xt[held]), yt[held]))
     tr, va = split == "train", split == "val"
     val, alpha, _ = rc.ridge_select(x[tr], y[tr], x[va], y[va])
-    return {"cv": float(np.mean(cv)), "cv_sd": float(np.std(cv)), "loso": float(np.mean(loso)),
-            "loso_parts": [round(v, 3) for v in loso], "val": val, "alpha": alpha}
+    return {
+        "cv": float(np.mean(cv)),
+        "cv_sd": float(np.std(cv)),
+        "loso": float(np.mean(loso)),
+        "loso_parts": [round(v, 3) for v in loso],
+        "val": val,
+        "alpha": alpha,
+    }
 
 
 def load(sizes) -> tuple:
@@ -108,8 +114,10 @@ def final(cache, biq, livec, specs) -> None:
         f = rc.ridge_fit(x[trval], y[trval], alpha)
         pt = f(x[split == "test"])
         yt = y[split == "test"]
-        line = (f"{spec}: alpha {alpha}; BIQ test SRCC {rc.srcc(pt, yt):.3f} {rc.bootstrap_ci(pt, yt)} "
-                f"PLCC {rc.plcc(pt, yt):.3f}")
+        line = (
+            f"{spec}: alpha {alpha}; BIQ test SRCC {rc.srcc(pt, yt):.3f} {rc.bootstrap_ci(pt, yt)} "
+            f"PLCC {rc.plcc(pt, yt):.3f}"
+        )
         try:
             xl = build(cache, spec, "livec")
             pl = f(xl)
@@ -126,8 +134,9 @@ def main(argv=None) -> int:
     ap.add_argument("--multiscale", nargs="*", default=[], help="specs like multistage@224+multistage@384")
     ap.add_argument("--final", nargs="*", default=[])
     args = ap.parse_args(argv)
-    sizes = sorted({int(s.rsplit("@", 1)[1]) for spec in args.multiscale + args.final for s in spec.split("+")}
-                   | set(args.sizes))
+    sizes = sorted(
+        {int(s.rsplit("@", 1)[1]) for spec in args.multiscale + args.final for s in spec.split("+")} | set(args.sizes)
+    )
     cache, biq, livec = load(sizes)
     if args.final:
         final(cache, biq, livec, args.final)
@@ -139,8 +148,11 @@ def main(argv=None) -> int:
     for spec in specs:
         x = build(cache, spec, "biq2021")
         r = scores(x, y, split, subset)
-        print(f"{spec:42s} {x.shape[1]:6d} {r['cv']:6.3f} {r['cv_sd']:5.3f} {r['loso']:6.3f} "
-              f"{r['loso_parts']!s:>20s} {r['val']:6.3f} {r['alpha']}", flush=True)
+        print(
+            f"{spec:42s} {x.shape[1]:6d} {r['cv']:6.3f} {r['cv_sd']:5.3f} {r['loso']:6.3f} "
+            f"{r['loso_parts']!s:>20s} {r['val']:6.3f} {r['alpha']}",
+            flush=True,
+        )
     return 0
 
 

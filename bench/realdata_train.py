@@ -84,7 +84,7 @@ def install_token_memo(path: Path):
         keys = [hashlib.blake2b(row.contiguous().numpy().tobytes(), digest_size=16).hexdigest() for row in x]
         todo = [i for i, k in enumerate(keys) if k not in store]
         if todo:
-            out = torch.cat([original(self, x[todo][j:j + 4]) for j in range(0, len(todo), 4)])
+            out = torch.cat([original(self, x[todo][j : j + 4]) for j in range(0, len(todo), 4)])
             for i, row in zip(todo, out, strict=True):
                 store[keys[i]] = row.clone()
             state["new"] += len(todo)
@@ -109,11 +109,13 @@ def distorted_source(args) -> tuple[Path, Path]:
     out = rc.CACHE / f"distorted_{args.size}_q{args.min_quality}_n{args.max_photos}_d{args.dist_per_photo}"
     labels = out / "labels.csv"
     if not labels.exists():
-        photos = photos_from_manifest(rc.biq_frame(seed=args.seed), min_quality=args.min_quality,
-                                      max_photos=args.max_photos, seed=args.seed)
+        photos = photos_from_manifest(
+            rc.biq_frame(seed=args.seed), min_quality=args.min_quality, max_photos=args.max_photos, seed=args.seed
+        )
         t0 = time.perf_counter()
-        generate_from_photos(photos, out, image_size=args.size, distortions_per_photo=args.dist_per_photo,
-                             seed=args.seed)
+        generate_from_photos(
+            photos, out, image_size=args.size, distortions_per_photo=args.dist_per_photo, seed=args.seed
+        )
         print(f"distorted set: {len(photos)} photos in {time.perf_counter() - t0:.0f} s", flush=True)
     return labels, out
 
@@ -153,7 +155,7 @@ def manifest(args) -> pd.DataFrame:
         if args.train_photos:  # keep the derived images of only this many (seeded) training photos
             content = pd.read_csv(labels)["content"]
             photos = sorted(set(content[d["split"] == "train"]))
-            keep = set(np.random.default_rng(5).permutation(photos)[:args.train_photos])
+            keep = set(np.random.default_rng(5).permutation(photos)[: args.train_photos])
             d = d[(d["split"] != "train") | content.isin(keep)]
         frames.append(d)
     if "synthetic" in args.sources:
@@ -177,9 +179,17 @@ def params_for(args):
 
     p = Params()
     p.base.seed = args.seed if args.train_seed is None else args.train_seed
-    p.train = TrainConfig(epochs=args.epochs, batch_pairs=args.batch, lr=args.lr, weight_decay=args.wd,
-                          warmup_ratio=args.warmup, select=args.select, resume="never", log_every=1000,
-                          checkpoint_every=100000)
+    p.train = TrainConfig(
+        epochs=args.epochs,
+        batch_pairs=args.batch,
+        lr=args.lr,
+        weight_decay=args.wd,
+        warmup_ratio=args.warmup,
+        select=args.select,
+        resume="never",
+        log_every=1000,
+        checkpoint_every=100000,
+    )
     p.lora = LoraConfig(r=args.lora_r, alpha=2 * args.lora_r)
     p.loss = LossConfig(kl_weight=args.kl, token_weight=args.token_weight, fidelity_weight=args.fidelity)
     return p
@@ -206,16 +216,21 @@ def monotonicity(df: pd.DataFrame, score: str = "pred", bootstrap: int = 0) -> d
     if bootstrap:
         rng = np.random.default_rng(0)
         scenes = list(by_content.values())
-        means = [np.mean([v for i in rng.integers(0, len(scenes), len(scenes)) for v in scenes[i]])
-                 for _ in range(bootstrap)]
+        means = [
+            np.mean([v for i in rng.integers(0, len(scenes), len(scenes)) for v in scenes[i]]) for _ in range(bootstrap)
+        ]
         out["ci"] = [round(float(np.percentile(means, 2.5)), 3), round(float(np.percentile(means, 97.5)), 3)]
     return out
 
 
 def summarise(pred, truth) -> dict:
     lo, hi = rc.bootstrap_ci(pred, truth)
-    return {"n": len(pred), "srcc": round(rc.srcc(pred, truth), 4), "srcc_ci": [round(lo, 3), round(hi, 3)],
-            "plcc": round(rc.plcc(pred, truth), 4)}
+    return {
+        "n": len(pred),
+        "srcc": round(rc.srcc(pred, truth), 4),
+        "srcc_ci": [round(lo, 3), round(hi, 3)],
+        "plcc": round(rc.plcc(pred, truth), 4),
+    }
 
 
 def evaluate(model_dir: Path, args, labels_dir: Path) -> dict:
@@ -264,7 +279,7 @@ def ridge_on_tokens(base_dir: Path, labels_dir: Path, final: bool) -> dict:
         paths = [str(Path(r) / i) for r, i in zip(frame["root"], frame["image"], strict=True)]
         with torch.no_grad():
             for j in range(0, len(paths), 32):
-                pix = processor.image_processor([load_image(p) for p in paths[j:j + 32]], return_tensors="pt")
+                pix = processor.image_processor([load_image(p) for p in paths[j : j + 32]], return_tensors="pt")
                 feats.append(tower(pix["pixel_values"]).last_hidden_state.mean(1).numpy())
         return np.concatenate(feats)
 
@@ -298,16 +313,31 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     frame = manifest(args)
     write_labels(frame, args.label_kind, run / "labels")
-    base = build_tiny_llava(run / "base", image_size=args.size, vision_tokens=args.tokens, hidden_size=args.hidden,
-                            intermediate_size=2 * args.hidden, layers=2, heads=4, seed=params_for(args).base.seed, standardise=True,
-                            projector_act=args.projector_act, vision_stats=args.stats, vision_layers=args.layers)
+    base = build_tiny_llava(
+        run / "base",
+        image_size=args.size,
+        vision_tokens=args.tokens,
+        hidden_size=args.hidden,
+        intermediate_size=2 * args.hidden,
+        layers=2,
+        heads=4,
+        seed=params_for(args).base.seed,
+        standardise=True,
+        projector_act=args.projector_act,
+        vision_stats=args.stats,
+        vision_layers=args.layers,
+    )
     t1 = time.perf_counter()
     summary = train(params_for(args), run / "labels", base, run / "model", run / "ckpt", live_dir=None, progress=False)
     memo()
     t2 = time.perf_counter()
-    result = {"args": vars(args), "rows": frame.groupby(["dataset", "split"]).size().to_dict(),
-              "history": summary["history"], "selected": summary.get("selected"),
-              "train_s": round(t2 - t1, 1)}
+    result = {
+        "args": vars(args),
+        "rows": frame.groupby(["dataset", "split"]).size().to_dict(),
+        "history": summary["history"],
+        "selected": summary.get("selected"),
+        "train_s": round(t2 - t1, 1),
+    }
     result["rows"] = {f"{d}/{s}": int(n) for (d, s), n in result["rows"].items()}
     result.update(evaluate(run / "model", args, run / "labels"))
     if args.ridge:
@@ -315,13 +345,25 @@ def main(argv=None) -> int:
     memo()
     result["total_s"] = round(time.perf_counter() - t0, 1)
     (run / "result.json").write_text(json.dumps(result, indent=1, default=str))
-    brief = {k: (v["srcc"] if isinstance(v, dict) and "srcc" in v else v) for k, v in result.items()
-             if k.startswith(("val/", "test/", "cross/", "ridge"))}
-    print(json.dumps({"name": args.name, **brief, "sens": result["sensitivity"]["mean"],
-                      "sens_pristine": result["sensitivity"]["pristine_mean"],
-                      "sens_worst": result["sensitivity"]["worst_mean"],
-                      "history": [round(h.get("val_srcc", 0), 3) for h in summary["history"]],
-                      "train_s": result["train_s"], "total_s": result["total_s"]}))
+    brief = {
+        k: (v["srcc"] if isinstance(v, dict) and "srcc" in v else v)
+        for k, v in result.items()
+        if k.startswith(("val/", "test/", "cross/", "ridge"))
+    }
+    print(
+        json.dumps(
+            {
+                "name": args.name,
+                **brief,
+                "sens": result["sensitivity"]["mean"],
+                "sens_pristine": result["sensitivity"]["pristine_mean"],
+                "sens_worst": result["sensitivity"]["worst_mean"],
+                "history": [round(h.get("val_srcc", 0), 3) for h in summary["history"]],
+                "train_s": result["train_s"],
+                "total_s": result["total_s"],
+            }
+        )
+    )
     return 0
 
 

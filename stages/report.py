@@ -21,8 +21,9 @@ INPUTS = [f.name for f in dataclasses.fields(ReportSources) if f.name not in ("b
 
 
 def main(argv: list[str] | None = None) -> int:
-    args, params = parse_stage_args(argv, __doc__, out="output folder",
-                                    **{name: f"input: {name.replace('_', ' ')}" for name in INPUTS})
+    args, params = parse_stage_args(
+        argv, __doc__, out="output folder", **{name: f"input: {name.replace('_', ' ')}" for name in INPUTS}
+    )
     require_deps(image_roots(args.predictions))  # thumbnails
     sources = ReportSources(base_dir=Path("."), params=args.params, **{name: getattr(args, name) for name in INPUTS})
     paths = build_report(args.out, sources, params.report)

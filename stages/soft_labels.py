@@ -18,8 +18,13 @@ from deqa.stage import parse_stage_args, write_json
 
 
 def main(argv: list[str] | None = None) -> int:
-    args, params = parse_stage_args(argv, __doc__, manifest="validated manifest CSV",
-                                    out="output folder for the label files", metrics="metrics JSON file")
+    args, params = parse_stage_args(
+        argv,
+        __doc__,
+        manifest="validated manifest CSV",
+        out="output folder for the label files",
+        metrics="metrics JSON file",
+    )
     config = params.soft_labels
     if not Path(args.manifest).exists():
         raise SystemExit(f"error: {args.manifest} not found (run the validate stage first)")
@@ -38,8 +43,10 @@ def main(argv: list[str] | None = None) -> int:
         table[table["split"] == split].to_csv(out / f"{split}.csv", index=False)
     write_json(args.metrics, metrics)
     counts = ", ".join(f"{split} {int((table['split'] == split).sum())}" for split in SPLITS)
-    print(f"{config.kind} labels for {len(table)} images ({counts}) -> {out}; "
-          f"{int(table['fallback'].sum())} binary fallbacks")
+    print(
+        f"{config.kind} labels for {len(table)} images ({counts}) -> {out}; "
+        f"{int(table['fallback'].sum())} binary fallbacks"
+    )
     return 0
 
 

@@ -24,12 +24,19 @@ from deqa.stage import (
 
 def main(argv: list[str] | None = None) -> int:
     args, params = parse_stage_args(
-        argv, __doc__, labels="folder of the label files", base="base model folder (base_model's output)",
-        out="output folder for the trained model", checkpoints="resume cache folder (not a DVC output)",
-        live="dvclive folder for the training curves", metrics="metrics JSON file")
+        argv,
+        __doc__,
+        labels="folder of the label files",
+        base="base model folder (base_model's output)",
+        out="output folder for the trained model",
+        checkpoints="resume cache folder (not a DVC output)",
+        live="dvclive folder for the training curves",
+        metrics="metrics JSON file",
+    )
     set_threads(params.train.threads)
-    require_deps({**image_roots(Path(args.labels) / "train.csv", Path(args.labels) / "val.csv"),
-                  **checkpoint_inputs(args.base)})
+    require_deps(
+        {**image_roots(Path(args.labels) / "train.csv", Path(args.labels) / "val.csv"), **checkpoint_inputs(args.base)}
+    )
     from deqa.training import train
 
     summary = train(params, args.labels, args.base, args.out, args.checkpoints, args.live)
@@ -38,11 +45,20 @@ def main(argv: list[str] | None = None) -> int:
     if not PartialState().is_main_process:  # under `accelerate launch`: one writer
         return 0
     sel = summary["selected"]
-    write_json(args.metrics, {"steps": summary["steps"], "trainable_params": summary["trainable_params"],
-                              "val_srcc": sel["val_srcc"], "val_plcc": sel["val_plcc"],
-                              "selected": {"select": sel["select"], "epoch": sel["epoch"], "step": sel["step"]}})
-    print(f"trained {summary['steps']} steps in {summary['seconds']:.0f} s -> {args.out} "
-          f"({sel['select']}: epoch {sel['epoch']}, step {sel['step']}, val SRCC {sel['val_srcc']})")
+    write_json(
+        args.metrics,
+        {
+            "steps": summary["steps"],
+            "trainable_params": summary["trainable_params"],
+            "val_srcc": sel["val_srcc"],
+            "val_plcc": sel["val_plcc"],
+            "selected": {"select": sel["select"], "epoch": sel["epoch"], "step": sel["step"]},
+        },
+    )
+    print(
+        f"trained {summary['steps']} steps in {summary['seconds']:.0f} s -> {args.out} "
+        f"({sel['select']}: epoch {sel['epoch']}, step {sel['step']}, val SRCC {sel['val_srcc']})"
+    )
     return 0
 
 

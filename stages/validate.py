@@ -21,8 +21,9 @@ from deqa.validation import summary, validate_manifest, write_outputs
 
 
 def main(argv: list[str] | None = None) -> int:
-    args, params = parse_stage_args(argv, __doc__, manifest="manifest CSV to check",
-                                    out="output folder", metrics="metrics JSON file")
+    args, params = parse_stage_args(
+        argv, __doc__, manifest="manifest CSV to check", out="output folder", metrics="metrics JSON file"
+    )
     start = time.perf_counter()
     manifest = pd.read_csv(args.manifest, dtype=str, keep_default_na=False)
     require_deps(image_roots(args.manifest))

@@ -28,7 +28,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import torch  # noqa: E402
+import torch
 
 torch.set_num_threads(1)
 
@@ -74,9 +74,18 @@ def _corpus() -> list[str]:
     return (QUESTIONS + answers + replies + extra) * 20
 
 
-def build_bpe_tokenizer(style: str, specials: list[str], *, pad: str, eos: str, bos: str | None = None,
-                        unk: str | None = None, vocab_size: int = 600, chat_template: str | None = None,
-                        extra: dict | None = None):
+def build_bpe_tokenizer(
+    style: str,
+    specials: list[str],
+    *,
+    pad: str,
+    eos: str,
+    bos: str | None = None,
+    unk: str | None = None,
+    vocab_size: int = 600,
+    chat_template: str | None = None,
+    extra: dict | None = None,
+):
     """A small BPE in the style of a real family: ``bytelevel`` (GPT-2/Qwen/Llama-3) or ``metaspace`` (Llama)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -88,16 +97,19 @@ def build_bpe_tokenizer(style: str, specials: list[str], *, pad: str, eos: str, 
         alphabet = pre_tokenizers.ByteLevel.alphabet()
     elif style == "metaspace":
         tok = Tokenizer(models.BPE(unk_token=unk))
-        tok.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first"),
-            pre_tokenizers.Punctuation(behavior="isolated"),
-        ])
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first"),
+                pre_tokenizers.Punctuation(behavior="isolated"),
+            ]
+        )
         tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
         alphabet = []
     else:  # pragma: no cover
         raise ValueError(style)
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, initial_alphabet=alphabet,
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=alphabet, show_progress=False
+    )
     tok.train_from_iterator(_corpus(), trainer=trainer)
     kwargs = dict(pad_token=pad, eos_token=eos)
     if bos:
@@ -122,86 +134,200 @@ def _save(model, processor, out: Path) -> Path:
 
 def build_llava(out: Path, image_size: int = 32) -> Path:
     from transformers import (
-        CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration,
-        LlavaProcessor, set_seed,
+        CLIPImageProcessorPil,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+        set_seed,
     )
 
     set_seed(0)
-    tokenizer = build_bpe_tokenizer("metaspace", ["<unk>", "<s>", "</s>", "<pad>", "<image>"], pad="<pad>",
-                                    eos="</s>", bos="<s>", unk="<unk>", chat_template=LLAVA_TEMPLATE,
-                                    extra={"extra_special_tokens": {"image_token": "<image>"}})
-    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                              image_size=image_size, patch_size=8, projection_dim=32)
-    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                       pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                       eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False)
-    config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-                         vision_feature_layer=-2, vision_feature_select_strategy="default", tie_word_embeddings=False)
+    tokenizer = build_bpe_tokenizer(
+        "metaspace",
+        ["<unk>", "<s>", "</s>", "<pad>", "<image>"],
+        pad="<pad>",
+        eos="</s>",
+        bos="<s>",
+        unk="<unk>",
+        chat_template=LLAVA_TEMPLATE,
+        extra={"extra_special_tokens": {"image_token": "<image>"}},
+    )
+    vision = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=image_size,
+        patch_size=8,
+        projection_dim=32,
+    )
+    text = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        tie_word_embeddings=False,
+    )
     model = LlavaForConditionalGeneration(config)
-    image_processor = CLIPImageProcessorPil(size={"shortest_edge": image_size},
-                                            crop_size={"height": image_size, "width": image_size})
-    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=8,
-                               vision_feature_select_strategy="default", num_additional_image_tokens=1,
-                               chat_template=LLAVA_TEMPLATE)
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=8,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=LLAVA_TEMPLATE,
+    )
     return _save(model, processor, Path(out))
 
 
 def build_qwen2_vl(out: Path, image_size: int = 56) -> Path:
     from transformers import (
-        Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessorPil, Qwen2VLProcessor, set_seed,
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+        Qwen2VLImageProcessorPil,
+        Qwen2VLProcessor,
+        set_seed,
     )
 
     set_seed(0)
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-                "<|image_pad|>", "<|video_pad|>"]
-    tokenizer = build_bpe_tokenizer("bytelevel", specials, pad="<|endoftext|>", eos="<|im_end|>",
-                                    chat_template=QWEN_TEMPLATE)
+    specials = [
+        "<|endoftext|>",
+        "<|im_start|>",
+        "<|im_end|>",
+        "<|vision_start|>",
+        "<|vision_end|>",
+        "<|image_pad|>",
+        "<|video_pad|>",
+    ]
+    tokenizer = build_bpe_tokenizer(
+        "bytelevel", specials, pad="<|endoftext|>", eos="<|im_end|>", chat_template=QWEN_TEMPLATE
+    )
     ids = {s: tokenizer.convert_tokens_to_ids(s) for s in specials}
-    text = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0},
-                bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
-    vision = dict(depth=1, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=14,
-                  spatial_merge_size=2, temporal_patch_size=2)
-    config = Qwen2VLConfig(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
-                           video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
-                           vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=False)
+    text = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0},
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"],
+    )
+    vision = dict(
+        depth=1,
+        embed_dim=32,
+        hidden_size=64,
+        num_heads=2,
+        mlp_ratio=2,
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+    )
+    config = Qwen2VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False,
+    )
     model = Qwen2VLForConditionalGeneration(config)
     # 2x2 to 3x3 merged tokens per image: the token count follows the image's shape, as in Qwen2-VL
     image_processor = Qwen2VLImageProcessorPil(size={"shortest_edge": image_size**2, "longest_edge": 84 * 84})
     # the real processor class; without torchvision it cannot hold its video processor
-    processor = without_video(Qwen2VLProcessor)(image_processor=image_processor, tokenizer=tokenizer,
-                                                chat_template=QWEN_TEMPLATE)
+    processor = without_video(Qwen2VLProcessor)(
+        image_processor=image_processor, tokenizer=tokenizer, chat_template=QWEN_TEMPLATE
+    )
     return _save(model, processor, Path(out))
 
 
 def build_idefics3(out: Path, image_size: int = 32) -> Path:
     from transformers import (
-        Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessorPil, Idefics3Processor, set_seed,
+        Idefics3Config,
+        Idefics3ForConditionalGeneration,
+        Idefics3ImageProcessorPil,
+        Idefics3Processor,
+        set_seed,
     )
 
     set_seed(0)
-    specials = ["<|end_of_text|>", "<|begin_of_text|>", "<fake_token_around_image>", "<image>",
-                "<end_of_utterance>", "<global-img>"]
-    tokenizer = build_bpe_tokenizer("bytelevel", specials, pad="<|end_of_text|>", eos="<|end_of_text|>",
-                                    bos="<|begin_of_text|>", chat_template=IDEFICS3_TEMPLATE)
+    specials = [
+        "<|end_of_text|>",
+        "<|begin_of_text|>",
+        "<fake_token_around_image>",
+        "<image>",
+        "<end_of_utterance>",
+        "<global-img>",
+    ]
+    tokenizer = build_bpe_tokenizer(
+        "bytelevel",
+        specials,
+        pad="<|end_of_text|>",
+        eos="<|end_of_text|>",
+        bos="<|begin_of_text|>",
+        chat_template=IDEFICS3_TEMPLATE,
+    )
     patch, scale = 8, 2
-    text = dict(model_type="llama", vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
-                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False)
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                  image_size=image_size, patch_size=patch)
-    config = Idefics3Config(text_config=text, vision_config=vision, scale_factor=scale,
-                            image_token_id=tokenizer.convert_tokens_to_ids("<image>"), tie_word_embeddings=False)
+    text = dict(
+        model_type="llama",
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
+    vision = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=image_size,
+        patch_size=patch,
+    )
+    config = Idefics3Config(
+        text_config=text,
+        vision_config=vision,
+        scale_factor=scale,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        tie_word_embeddings=False,
+    )
     model = Idefics3ForConditionalGeneration(config)
-    image_processor = Idefics3ImageProcessorPil(size={"longest_edge": image_size},
-                                                max_image_size={"longest_edge": image_size},
-                                                do_image_splitting=False)
+    image_processor = Idefics3ImageProcessorPil(
+        size={"longest_edge": image_size}, max_image_size={"longest_edge": image_size}, do_image_splitting=False
+    )
     seq_len = (image_size // patch) ** 2 // scale**2
-    processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=seq_len,
-                                  chat_template=IDEFICS3_TEMPLATE)
+    processor = Idefics3Processor(
+        image_processor=image_processor, tokenizer=tokenizer, image_seq_len=seq_len, chat_template=IDEFICS3_TEMPLATE
+    )
     return _save(model, processor, Path(out))
 
 

@@ -11,7 +11,7 @@ import pandas as pd
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import torch  # noqa: E402
+import torch
 
 torch.set_num_threads(1)
 
@@ -21,8 +21,16 @@ from deqa.schema import PROB_COLUMNS  # noqa: E402
 def build_base(path: Path, image_size: int = 64, tokens: str = "pooled") -> Path:
     from deqa.tiny import build_tiny_llava
 
-    return build_tiny_llava(path, image_size=image_size, vision_tokens=tokens, hidden_size=32,
-                            intermediate_size=64, layers=1, heads=2, seed=0)
+    return build_tiny_llava(
+        path,
+        image_size=image_size,
+        vision_tokens=tokens,
+        hidden_size=32,
+        intermediate_size=64,
+        layers=1,
+        heads=2,
+        seed=0,
+    )
 
 
 def _soft(m: float, s: float) -> np.ndarray:
@@ -49,10 +57,24 @@ def build_labels(root: Path, n_train: int = 12, n_val: int = 6, size: int = 64) 
         im.save(img_dir / name)
         m = 4.6 - 0.7 * (i % 6)
         s = 0.5
-        rows.append({"image": name, "root": str(img_dir), "dataset": "fixture",
-                     "split": "train" if i < n_train else "val", "mos": m, "std": s, "n_votes": 10,
-                     "lo": 1.0, "hi": 5.0, "m": m, "s": s,
-                     **dict(zip(PROB_COLUMNS, _soft(m, s))), "label_kind": "soft", "fallback": False})
+        rows.append(
+            {
+                "image": name,
+                "root": str(img_dir),
+                "dataset": "fixture",
+                "split": "train" if i < n_train else "val",
+                "mos": m,
+                "std": s,
+                "n_votes": 10,
+                "lo": 1.0,
+                "hi": 5.0,
+                "m": m,
+                "s": s,
+                **dict(zip(PROB_COLUMNS, _soft(m, s), strict=False)),
+                "label_kind": "soft",
+                "fallback": False,
+            }
+        )
     df = pd.DataFrame(rows)
     out = root / "labels"
     out.mkdir(exist_ok=True)

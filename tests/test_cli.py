@@ -68,12 +68,15 @@ def test_interrupt_exits_130(fake_command, capsys):
     assert "interrupted" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("flags, shown, hidden", [
-    ([], ["an info line", "warning: a warning line"], ["a debug line"]),
-    (["-v"], ["a debug line", "an info line"], []),
-    (["-q"], ["warning: a warning line"], ["an info line"]),
-    (["-qq"], [], ["an info line", "a warning line"]),
-])
+@pytest.mark.parametrize(
+    "flags, shown, hidden",
+    [
+        ([], ["an info line", "warning: a warning line"], ["a debug line"]),
+        (["-v"], ["a debug line", "an info line"], []),
+        (["-q"], ["warning: a warning line"], ["an info line"]),
+        (["-qq"], [], ["an info line", "a warning line"]),
+    ],
+)
 def test_log_levels(fake_command, capsys, flags, shown, hidden):
     assert cli.main(["labels", "ok", *flags]) == 0
     err = capsys.readouterr().err

@@ -38,8 +38,18 @@ def _leftovers(parent):
 def test_a_failed_overwrite_leaves_the_old_export_and_no_temporary_folder(trained, tmp_path, monkeypatch):
     out = _previous_export(tmp_path / "exported")
     # a real failure: the base checkpoint does not exist
-    assert _cli("--model", str(trained["model"]), "--output", str(out), "--overwrite",
-                "--base", str(tmp_path / "no-such-base")) == 2
+    assert (
+        _cli(
+            "--model",
+            str(trained["model"]),
+            "--output",
+            str(out),
+            "--overwrite",
+            "--base",
+            str(tmp_path / "no-such-base"),
+        )
+        == 2
+    )
     assert (out / "keep.txt").read_text() == "an earlier export"
     # a failure half-way through writing the new export
     import transformers
@@ -85,10 +95,21 @@ def test_target_containing_the_repository_is_refused(trained, tmp_path, monkeypa
 def test_model_card_has_hub_metadata_and_complete_metrics(trained, tmp_path):
     from huggingface_hub import ModelCard
 
-    metrics = {split: {"overall": {"n": 30, "srcc": 0.8, "plcc": 0.79, "krcc": 0.6, "rmse": 0.3},
-                       "fixture": {"n": 30, "srcc": 0.8, "plcc": 0.79, "krcc": 0.6, "rmse": 0.3,
-                                   "confusion": [[1] * 5] * 5, "by_distortion": {f"d{i}": {"srcc": i / 100} for i in range(400)}}}
-               for split in ("val", "test")}
+    metrics = {
+        split: {
+            "overall": {"n": 30, "srcc": 0.8, "plcc": 0.79, "krcc": 0.6, "rmse": 0.3},
+            "fixture": {
+                "n": 30,
+                "srcc": 0.8,
+                "plcc": 0.79,
+                "krcc": 0.6,
+                "rmse": 0.3,
+                "confusion": [[1] * 5] * 5,
+                "by_distortion": {f"d{i}": {"srcc": i / 100} for i in range(400)},
+            },
+        }
+        for split in ("val", "test")
+    }
     metrics_file = tmp_path / "evaluate.json"
     metrics_file.write_text(json.dumps(metrics))
     out = export(trained["model"], tmp_path / "exported", metrics_file=metrics_file)

@@ -17,26 +17,41 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from family_fixtures import BUILDERS, FAMILIES
-from model_fixtures import build_labels, small_params
 
 from deqa import LEVELS
 from deqa.modeling import Conversation, load_model, load_processor, resolve_modules
 from deqa.prompts import QUESTIONS
 from deqa.training import prepare_model, train
+from family_fixtures import BUILDERS, FAMILIES
+from model_fixtures import build_labels, small_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
 EXPECTED = {
-    "llava": dict(model_class="LlavaForConditionalGeneration", processor="LlavaProcessor",
-                  vision="model.vision_tower", projector="model.multi_modal_projector",
-                  language="model.language_model", cache=True),
-    "qwen2_vl": dict(model_class="Qwen2VLForConditionalGeneration", processor="Qwen2VLProcessor",
-                     vision="model.visual", projector="model.visual.merger",
-                     language="model.language_model", cache=False),
-    "idefics3": dict(model_class="Idefics3ForConditionalGeneration", processor="Idefics3Processor",
-                     vision="model.vision_model", projector="model.connector",
-                     language="model.text_model", cache=True),
+    "llava": dict(
+        model_class="LlavaForConditionalGeneration",
+        processor="LlavaProcessor",
+        vision="model.vision_tower",
+        projector="model.multi_modal_projector",
+        language="model.language_model",
+        cache=True,
+    ),
+    "qwen2_vl": dict(
+        model_class="Qwen2VLForConditionalGeneration",
+        processor="Qwen2VLProcessor",
+        vision="model.visual",
+        projector="model.visual.merger",
+        language="model.language_model",
+        cache=False,
+    ),
+    "idefics3": dict(
+        model_class="Idefics3ForConditionalGeneration",
+        processor="Idefics3Processor",
+        vision="model.vision_model",
+        projector="model.connector",
+        language="model.text_model",
+        cache=True,
+    ),
 }
 
 
@@ -59,8 +74,11 @@ def data(tmp_path_factory):
     for i, (w, h) in enumerate([(48, 48), (64, 40), (40, 64), (72, 56), (30, 30)]):
         with Image.open(squares[i]) as im:
             im.convert("RGB").resize((w, h)).save(shaped / f"s{i}.png")
-    return {"root": root, "labels": labels,
-            "images": [str(p) for p in squares[:3]] + sorted(str(p) for p in shaped.glob("*.png"))}
+    return {
+        "root": root,
+        "labels": labels,
+        "images": [str(p) for p in squares[:3]] + sorted(str(p) for p in shaped.glob("*.png")),
+    }
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -71,8 +89,7 @@ def family(request, data):
     base = BUILDERS[name](root / "base")
     params = small_params(max_steps=3, epochs=3, gradient_checkpointing=True)
     summary = train(params, data["labels"], base, root / "model", root / "ckpt", None, progress=False)
-    return {"name": name, "base": base, "model": root / "model", "summary": summary, "params": params,
-            **EXPECTED[name]}
+    return {"name": name, "base": base, "model": root / "model", "summary": summary, "params": params, **EXPECTED[name]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -87,7 +104,11 @@ def test_loads_through_the_auto_classes(family):
     assert isinstance(processor, getattr(transformers, family["processor"]))
     names = resolve_modules(model)
     assert (names.vision, names.projector, names.language, names.lm_head) == (
-        family["vision"], family["projector"], family["language"], "lm_head")
+        family["vision"],
+        family["projector"],
+        family["language"],
+        "lm_head",
+    )
 
 
 def test_level_position_and_answer_labels(family, data):
@@ -96,7 +117,7 @@ def test_level_position_and_answer_labels(family, data):
     conv = Conversation(load_processor(family["base"]))
     assert [conv.tokenizer.decode([i]).strip() for i in conv.level_ids] == list(LEVELS)
     levels = [0, 2, 4, 1]
-    texts = [conv.training_text(QUESTIONS[q], LEVELS[lv]) for q, lv in zip((0, 7, 2, 5), levels)]
+    texts = [conv.training_text(QUESTIONS[q], LEVELS[lv]) for q, lv in zip((0, 7, 2, 5), levels, strict=False)]
     images = [Image.open(p).convert("RGB") for p in data["images"][3:7]]  # different shapes
     enc = conv.processor(text=texts, images=images, padding=True, return_tensors="pt")
     ids, mask = enc["input_ids"], enc["attention_mask"]
@@ -106,7 +127,9 @@ def test_level_position_and_answer_labels(family, data):
         # the position predicts the level word and holds the token before it ("is")
         assert ids[row, p + 1].item() == conv.level_ids[levels[row]]
         assert ids[row, p].item() == conv.anchor[-1]
-        assert conv.tokenizer.decode(ids[row, p - conv.prefix_length + 1: p + 1]).strip() == "The quality of the image is"
+        assert (
+            conv.tokenizer.decode(ids[row, p - conv.prefix_length + 1 : p + 1]).strip() == "The quality of the image is"
+        )
     labels = conv.answer_labels(ids, mask, pos)
     for row, p in enumerate(pos.tolist()):
         kept = labels[row] != -100
@@ -120,7 +143,7 @@ def test_level_position_and_answer_labels(family, data):
 
 
 def test_lora_only_in_the_language_model(family):
-    model, names = prepare_model(load_model(family["base"]), family["params"])
+    model, _names = prepare_model(load_model(family["base"]), family["params"])
     language = "base_model.model." + family["language"] + "."
     lora = [n for n, _ in model.named_parameters() if "lora_" in n]
     assert lora and all(n.startswith(language) for n in lora), lora[:3]
@@ -173,8 +196,15 @@ def test_feature_cache_is_exact_or_off(family, data, tmp_path, caplog):
     for cache in (True, False):
         with caplog.at_level(logging.INFO, logger="deqa.training"):
             caplog.clear()
-            train(small_params(max_steps=4, epochs=2, cache_vision_features=cache), data["labels"], family["base"],
-                  tmp_path / f"m{cache}", tmp_path / f"c{cache}", None, progress=False)
+            train(
+                small_params(max_steps=4, epochs=2, cache_vision_features=cache),
+                data["labels"],
+                family["base"],
+                tmp_path / f"m{cache}",
+                tmp_path / f"c{cache}",
+                None,
+                progress=False,
+            )
         out[cache] = load_file(str(tmp_path / f"m{cache}" / "adapter_model.safetensors"))
         if cache:
             disabled = [r.getMessage() for r in caplog.records if "caching disabled" in r.getMessage()]
@@ -187,8 +217,15 @@ def test_training_the_vision_tower_too(family, data, tmp_path):
     """``train.train_vision`` saves the tower whole (a projector inside it goes with it) and reloads."""
     from deqa.scoring import Scorer
 
-    train(small_params(max_steps=1, epochs=1, train_vision=True), data["labels"], family["base"],
-          tmp_path / "m", tmp_path / "c", None, progress=False)
+    train(
+        small_params(max_steps=1, epochs=1, train_vision=True),
+        data["labels"],
+        family["base"],
+        tmp_path / "m",
+        tmp_path / "c",
+        None,
+        progress=False,
+    )
     res = Scorer.from_pretrained(tmp_path / "m").score(data["images"][:2])
     assert np.isfinite(res.mean).all()
 
@@ -196,19 +233,25 @@ def test_training_the_vision_tower_too(family, data, tmp_path):
 @pytest.mark.parametrize("name", ["llava", "qwen2_vl"])
 def test_half_precision_checkpoint_trains_in_fp32(name, data, tmp_path):
     """A bf16 checkpoint under bf16 autocast (the recipes): what trains is kept and saved in fp32."""
+    from accelerate.state import AcceleratorState
     from safetensors.torch import load_file
 
     from deqa.scoring import Scorer
-
-    from accelerate.state import AcceleratorState
 
     base = BUILDERS[name](tmp_path / "base")
     load_model(base).to(torch.bfloat16).save_pretrained(base)
     assert load_model(base).dtype == torch.bfloat16
     AcceleratorState._reset_state(True)  # one mixed-precision mode per process, otherwise
     try:
-        train(small_params(max_steps=2, epochs=1, mixed_precision="bf16"), data["labels"], base, tmp_path / "m",
-              tmp_path / "c", None, progress=False)
+        train(
+            small_params(max_steps=2, epochs=1, mixed_precision="bf16"),
+            data["labels"],
+            base,
+            tmp_path / "m",
+            tmp_path / "c",
+            None,
+            progress=False,
+        )
     finally:
         AcceleratorState._reset_state(True)
     adapter = load_file(str(tmp_path / "m" / "adapter_model.safetensors"))
@@ -237,8 +280,11 @@ def test_qwen2_vl_processor_loads_without_its_video_part(qwen_base, caplog):
     assert any("torchvision" in r.getMessage() and "video" in r.getMessage() for r in caplog.records)
     assert isinstance(processor, Qwen2VLProcessor) and type(processor).__name__ == "Qwen2VLProcessor"
     assert not hasattr(processor, "video_processor")
-    assert "image_grid_thw" in processor(text=["<|vision_start|><|image_pad|><|vision_end|>hi"],
-                                         images=[np.zeros((56, 56, 3), np.uint8)], return_tensors="pt")
+    assert "image_grid_thw" in processor(
+        text=["<|vision_start|><|image_pad|><|vision_end|>hi"],
+        images=[np.zeros((56, 56, 3), np.uint8)],
+        return_tensors="pt",
+    )
 
 
 def test_qwen2_vl_processor_saves_a_loadable_folder(qwen_base, tmp_path):
@@ -290,8 +336,9 @@ def test_recipes_are_valid_params(recipe):
     assert to_dict(params)["loss"] == to_dict(load_params(ROOT / "params.yaml"))["loss"]
 
 
-@pytest.mark.parametrize("name, kind, stage", [("ddp", "MULTI_GPU", None), ("zero2", "DEEPSPEED", 2),
-                                               ("zero3", "DEEPSPEED", 3)])
+@pytest.mark.parametrize(
+    "name, kind, stage", [("ddp", "MULTI_GPU", None), ("zero2", "DEEPSPEED", 2), ("zero3", "DEEPSPEED", 3)]
+)
 def test_accelerate_configs(name, kind, stage):
     cfg = yaml.safe_load((ROOT / "configs" / "accelerate" / f"{name}.yaml").read_text())
     assert cfg["distributed_type"] == kind and cfg["mixed_precision"] == "bf16"

@@ -15,19 +15,26 @@ from deqa.gate import GateError, Rule, compare, gate, load_config, pipeline_stag
 ROOT = Path(__file__).resolve().parents[1]
 ENV = tiny_repo.env()
 
-GATE = {"exact": ["a"], "tolerance": {"b": [{"keys": "*.srcc", "tolerance": 0.01}, {"keys": "*.kl", "tolerance": 0.1}]},
-        "quality": {"metric": "metrics/b.json:test.srcc", "margin": 0.02}}
-DVC_YAML = {"stages": {
-    "a": {"cmd": "true", "outs": ["data/a"], "metrics": [{"metrics/a.json": {"cache": False}}]},
-    "b": {"cmd": "true", "deps": ["data/a"], "metrics": [{"metrics/b.json": {"cache": False}}]}}}
+GATE = {
+    "exact": ["a"],
+    "tolerance": {"b": [{"keys": "*.srcc", "tolerance": 0.01}, {"keys": "*.kl", "tolerance": 0.1}]},
+    "quality": {"metric": "metrics/b.json:test.srcc", "margin": 0.02},
+}
+DVC_YAML = {
+    "stages": {
+        "a": {"cmd": "true", "outs": ["data/a"], "metrics": [{"metrics/a.json": {"cache": False}}]},
+        "b": {"cmd": "true", "deps": ["data/a"], "metrics": [{"metrics/b.json": {"cache": False}}]},
+    }
+}
 A = {"rows": 100, "mean_error": 0.0072}
 B = {"test": {"srcc": 0.80, "kl": 0.25, "n": 1860}}
 
 
 def _write(folder: Path, name: str, data) -> None:
     (folder / name).parent.mkdir(parents=True, exist_ok=True)
-    (folder / name).write_text(yaml.safe_dump(data) if name.endswith(".yaml") or name.endswith(".lock")
-                               else json.dumps(data))
+    (folder / name).write_text(
+        yaml.safe_dump(data) if name.endswith(".yaml") or name.endswith(".lock") else json.dumps(data)
+    )
 
 
 H1, H2 = "a" * 32 + ".dir", "b" * 32 + ".dir"
@@ -38,13 +45,29 @@ def _pipeline(folder: Path, a=A, b=B, md5=H1, code="d" * 32, seed=0, model="e" *
     _write(folder, "gate.yaml", GATE)
     _write(folder, "metrics/a.json", a)
     _write(folder, "metrics/b.json", b)
-    _write(folder, "dvc.lock", {"schema": "2.0", "stages": {
-        "a": {"cmd": "true", "deps": [{"path": "src/a.py", "hash": "md5", "md5": code}],
-              "params": {"params.yaml": {"seed": seed}},
-              "outs": [{"path": "data/a", "hash": "md5", "md5": md5},
-                       {"path": "metrics/a.json", "hash": "md5", "md5": "c" * 32}]},
-        "b": {"cmd": "true", "deps": [{"path": "data/a", "hash": "md5", "md5": md5}],
-              "outs": [{"path": "models/b", "hash": "md5", "md5": model + ".dir"}]}}})
+    _write(
+        folder,
+        "dvc.lock",
+        {
+            "schema": "2.0",
+            "stages": {
+                "a": {
+                    "cmd": "true",
+                    "deps": [{"path": "src/a.py", "hash": "md5", "md5": code}],
+                    "params": {"params.yaml": {"seed": seed}},
+                    "outs": [
+                        {"path": "data/a", "hash": "md5", "md5": md5},
+                        {"path": "metrics/a.json", "hash": "md5", "md5": "c" * 32},
+                    ],
+                },
+                "b": {
+                    "cmd": "true",
+                    "deps": [{"path": "data/a", "hash": "md5", "md5": md5}],
+                    "outs": [{"path": "models/b", "hash": "md5", "md5": model + ".dir"}],
+                },
+            },
+        },
+    )
 
 
 @pytest.fixture
@@ -67,8 +90,11 @@ def _changed(b_test=None, a=None, md5=H1, where=Path(".")):
 def test_identical_run_passes(repo):
     ok, lines = gate()
     assert ok, lines
-    assert [line.split()[:3] for line in lines] == [["ok", "a", "exact"], ["ok", "b", "tolerance"], ["ok", "quality",
-                                                                                                       "metrics/b.json:test.srcc"]]
+    assert [line.split()[:3] for line in lines] == [
+        ["ok", "a", "exact"],
+        ["ok", "b", "tolerance"],
+        ["ok", "quality", "metrics/b.json:test.srcc"],
+    ]
 
 
 def test_exact_stage_fails_on_any_difference_in_metrics_or_outputs(repo):
@@ -93,7 +119,7 @@ def test_trained_stage_passes_within_tolerance_and_fails_beyond(repo):
     ok, lines = _changed({"srcc": 0.805, "kl": 0.3})
     assert ok and "2 value(s) within tolerance" in lines[1], lines
     ok, lines = _changed({"srcc": 0.789})
-    assert not ok and "test.srcc: 0.8 -> 0.789" in lines[1] and lines[2].startswith("ok") , lines  # above the floor
+    assert not ok and "test.srcc: 0.8 -> 0.789" in lines[1] and lines[2].startswith("ok"), lines  # above the floor
     ok, lines = _changed({"n": 1861})  # no rule: must be equal
     assert not ok and "test.n: 1860 -> 1861" in lines[1]
 
@@ -126,8 +152,11 @@ def test_a_stage_without_a_rule_is_an_error(repo):
 
 def test_compare_paths_and_rules():
     rules = [Rule("*.confusion.*", 2), Rule("*.srcc", 0.01)]
-    diffs = compare({"t": {"confusion": [[5, 1]], "srcc": 0.5, "x": "a"}},
-                    {"t": {"confusion": [[4, 1]], "srcc": 0.52, "x": "b", "new": 1}}, rules)
+    diffs = compare(
+        {"t": {"confusion": [[5, 1]], "srcc": 0.5, "x": "a"}},
+        {"t": {"confusion": [[4, 1]], "srcc": 0.52, "x": "b", "new": 1}},
+        rules,
+    )
     found = {d.key: d.allowed for d in diffs}
     assert found == {"t.confusion.0.0": True, "t.srcc": False, "t.x": False, "t.new": False}
 
@@ -157,10 +186,12 @@ def _gate(repo: Path) -> tuple[bool, str]:
 def test_other_cpu_kernels_pass_the_gate_and_a_real_regression_does_not(tmp_path_factory):
     base = tiny_repo.tiny_pipeline(tmp_path_factory.getbasetemp())
     clone = tiny_repo.clone(base, tmp_path_factory.mktemp("kernels") / "repo")
-    tiny_repo.run([tiny_repo.DVC, "repro", "--force", "--single-item", "base_model", "train", "evaluate"], clone,
-                  **OTHER_KERNELS)
-    committed, rerun = (yaml.safe_load(Path(p).read_text())["stages"]["train"]["outs"]
-                        for p in (base / "dvc.lock", clone / "dvc.lock"))
+    tiny_repo.run(
+        [tiny_repo.DVC, "repro", "--force", "--single-item", "base_model", "train", "evaluate"], clone, **OTHER_KERNELS
+    )
+    committed, rerun = (
+        yaml.safe_load(Path(p).read_text())["stages"]["train"]["outs"] for p in (base / "dvc.lock", clone / "dvc.lock")
+    )
     assert rerun != committed, "the other kernels trained the same bytes: the test would prove nothing"
     ok, out = _gate(clone)
     assert ok, out

@@ -31,8 +31,9 @@ def write_png16(path, arr: np.ndarray) -> None:
         return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
 
     header = struct.pack(">IIBBBBB", a.shape[1], a.shape[0], 16, colour, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    )
 
 
 def pixels(im) -> np.ndarray:
@@ -120,7 +121,7 @@ def test_arrays_follow_the_same_rules():
 def test_multi_frame_is_flagged(tmp_path):
     frames = [Image.fromarray(photo(seed=s)) for s in range(3)]
     frames[0].save(tmp_path / "m.gif", save_all=True, append_images=frames[1:])
-    im, issues = check_image(tmp_path / "m.gif")
+    _im, issues = check_image(tmp_path / "m.gif")
     assert issues == ["3 frames; only the first would be used"]
     assert load_image(tmp_path / "m.gif").size == (64, 48)
 

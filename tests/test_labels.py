@@ -31,12 +31,14 @@ needs_koniq = pytest.mark.skipif(not KONIQ_DERIVED.exists(), reason="KonIQ-10k l
 KONIQ_LO, KONIQ_HI = 1.0961538462, 4.31
 KADID_LO, KADID_HI = 1.0, 4.93
 VECTORS = [
-    ((3.8285714286, 0.527277894494, KONIQ_LO, KONIQ_HI), (4.400807, 0.656258),
-     [0, 0, .0590205, .5336234, .4222323]),
-    ((4.57, 0.704273, KADID_LO, KADID_HI), (4.633588, 0.716817), [0, 0, .0309913, .4356850, .5707130]),
-    ((4.33, 0.932202, KADID_LO, KADID_HI), (4.389313, 0.948806), [0, 0, .1548013, .4754675, .4163570]),
-    ((2.67, 0.888257, KADID_LO, KADID_HI), (2.699746, 0.904078),
-     [.0704665, .3344934, .4294682, .1559717, .0096001]),
+    ((3.8285714286, 0.527277894494, KONIQ_LO, KONIQ_HI), (4.400807, 0.656258), [0, 0, 0.0590205, 0.5336234, 0.4222323]),
+    ((4.57, 0.704273, KADID_LO, KADID_HI), (4.633588, 0.716817), [0, 0, 0.0309913, 0.4356850, 0.5707130]),
+    ((4.33, 0.932202, KADID_LO, KADID_HI), (4.389313, 0.948806), [0, 0, 0.1548013, 0.4754675, 0.4163570]),
+    (
+        (2.67, 0.888257, KADID_LO, KADID_HI),
+        (2.699746, 0.904078),
+        [0.0704665, 0.3344934, 0.4294682, 0.1559717, 0.0096001],
+    ),
 ]
 
 
@@ -77,8 +79,9 @@ def test_normalise_rejects_bad_bounds():
 def test_level_weights_are_scipy_norm():
     m, s = np.array([1.3, 3.0, 4.7]), np.array([0.25, 0.8, 1.4])
     k = np.arange(1, 6)
-    np.testing.assert_allclose(L.level_weights(m, s, "pdf"),
-                               stats.norm.pdf(k, m[:, None], s[:, None]), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(
+        L.level_weights(m, s, "pdf"), stats.norm.pdf(k, m[:, None], s[:, None]), rtol=1e-12, atol=1e-15
+    )
     cdf = stats.norm.cdf(k + 0.5, m[:, None], s[:, None]) - stats.norm.cdf(k - 0.5, m[:, None], s[:, None])
     np.testing.assert_allclose(L.level_weights(m, s, "cdf"), cdf, rtol=1e-12, atol=1e-15)
 
@@ -116,7 +119,7 @@ def test_no_renormalisation_by_default_and_renormalise_option():
 
 def test_binary_labels_hand_values():
     probs = L.binary_labels([1.0, 2.0, 2.3, 4.75, 5.0])
-    expected = [[1, 0, 0, 0, 0], [0, 1, 0, 0, 0], [0, .7, .3, 0, 0], [0, 0, 0, .25, .75], [0, 0, 0, 0, 1]]
+    expected = [[1, 0, 0, 0, 0], [0, 1, 0, 0, 0], [0, 0.7, 0.3, 0, 0], [0, 0, 0, 0.25, 0.75], [0, 0, 0, 0, 1]]
     np.testing.assert_allclose(probs, expected, atol=1e-12)
 
 
@@ -132,7 +135,7 @@ def test_fallback_rules_and_thresholds():
     s = np.array([0.19, 0.0, np.nan, 0.2, 0.656258])
     probs, fallback = L.gaussian_soft_labels(m, s)
     assert fallback.tolist() == [True, True, True, False, False]
-    np.testing.assert_allclose(probs[:3], [[0, 0, .7, .3, 0]] * 3, atol=1e-12)
+    np.testing.assert_allclose(probs[:3], [[0, 0, 0.7, 0.3, 0]] * 3, atol=1e-12)
     # the std threshold is a parameter
     _, fallback = L.gaussian_soft_labels(m, s, std_min=0.7)
     assert fallback.tolist() == [True] * 5
@@ -174,7 +177,9 @@ def test_discretise_bundles_labels_and_reconstruction():
 # Gaussian gaps (section 7)
 # ------------------------------------------------------------------------------------------
 def _kl_numeric(mu1, s1, mu2, s2):
-    f = lambda x: stats.norm.pdf(x, mu1, s1) * (stats.norm.logpdf(x, mu1, s1) - stats.norm.logpdf(x, mu2, s2))
+    def f(x):
+        return stats.norm.pdf(x, mu1, s1) * (stats.norm.logpdf(x, mu1, s1) - stats.norm.logpdf(x, mu2, s2))
+
     return integrate.quad(f, -30, 30, points=[mu1, mu2], limit=200)[0]
 
 
@@ -205,12 +210,19 @@ def test_gaussian_w2_and_vectorisation():
 # ------------------------------------------------------------------------------------------
 def _koniq_manifest_from_derived() -> pd.DataFrame:
     d = pd.read_csv(KONIQ_DERIVED)
-    return pd.DataFrame({
-        "image": d["image_name"], "root": "", "dataset": "koniq",
-        "split": d["set"].map({"training": "train", "validation": "val", "test": "test"}),
-        "mos": d["MOS"], "std": d["SD"], "n_votes": d["c_total"],
-        "lo": d["MOS"].min(), "hi": d["MOS"].max(),
-    })
+    return pd.DataFrame(
+        {
+            "image": d["image_name"],
+            "root": "",
+            "dataset": "koniq",
+            "split": d["set"].map({"training": "train", "validation": "val", "test": "test"}),
+            "mos": d["MOS"],
+            "std": d["SD"],
+            "n_votes": d["c_total"],
+            "lo": d["MOS"].min(),
+            "hi": d["MOS"].max(),
+        }
+    )
 
 
 @needs_koniq
@@ -301,8 +313,14 @@ def _load_stage():
     return module
 
 
-STAGE_ARGS = ["--manifest", "data/validate/manifest.csv", "--out", "data/soft_labels",
-              "--metrics", "metrics/discretisation.json"]
+STAGE_ARGS = [
+    "--manifest",
+    "data/validate/manifest.csv",
+    "--out",
+    "data/soft_labels",
+    "--metrics",
+    "metrics/discretisation.json",
+]
 
 
 def test_stage_writes_label_files_and_metrics(tmp_path, monkeypatch):
@@ -335,7 +353,7 @@ def test_stage_writes_label_files_and_metrics(tmp_path, monkeypatch):
 def test_stage_reports_missing_manifest(tmp_path, monkeypatch):
     (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit, match="data/validate/manifest.csv not found"):
+    with pytest.raises(SystemExit, match=r"data/validate/manifest\.csv not found"):
         _load_stage().main(STAGE_ARGS)
 
 

@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-from model_fixtures import build_base
 
 from deqa import LEVELS
 from deqa.modeling import Conversation, freeze_batchnorm, load_model, load_processor, resolve_modules
 from deqa.prompts import QUESTIONS
+from model_fixtures import build_base
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def test_level_ids_are_the_level_words(conv):
 
 
 def test_multi_token_level_word_fails_clearly(base):
-    with pytest.raises(ValueError, match="not (a )?single token"):
+    with pytest.raises(ValueError, match=r"not (a )?single token"):
         Conversation(load_processor(base), levels=("bad", "poor", "fair", "good", "superlative"))
 
 
@@ -35,7 +35,9 @@ def test_level_position_in_padded_batches(conv, side):
     from PIL import Image
 
     levels = [0, 2, 4]
-    texts = [conv.training_text(QUESTIONS[q], LEVELS[lv]) for q, lv in zip((0, 7, 2), levels)]  # lengths differ
+    texts = [
+        conv.training_text(QUESTIONS[q], LEVELS[lv]) for q, lv in zip((0, 7, 2), levels, strict=False)
+    ]  # lengths differ
     images = [Image.new("RGB", (64, 64), (i * 40, 90, 30)) for i in range(3)]
     conv.tokenizer.padding_side = side
     try:
@@ -67,13 +69,13 @@ def test_resolve_modules_on_llava(base):
 
 
 def test_batchnorm_statistics_survive_reload_and_train_mode(base, tmp_path):
-    from deqa.tiny import load_imagenet_weights, MobileNetV2VisionConfig, MobileNetV2VisionModel
+    from deqa.tiny import MobileNetV2VisionConfig, MobileNetV2VisionModel, load_imagenet_weights
 
     ref = MobileNetV2VisionModel(MobileNetV2VisionConfig(image_size=64, tokens="pooled"))
     load_imagenet_weights(ref)
     model = load_model(base)
     tower = model.model.vision_tower
-    for (name, buf), (_, ref_buf) in zip(tower.named_buffers(), ref.named_buffers()):
+    for (name, buf), (_, ref_buf) in zip(tower.named_buffers(), ref.named_buffers(), strict=False):
         assert torch.equal(buf, ref_buf), f"{name} changed by save/reload"
     model.save_pretrained(tmp_path / "again")
     from deqa.modeling import load_processor as lp
@@ -97,8 +99,17 @@ def test_batchnorm_statistics_survive_reload_and_train_mode(base, tmp_path):
 def test_standardisation_is_calibrated_saved_and_reloaded(tmp_path):
     from deqa.tiny import build_tiny_llava, calibration_crops
 
-    path = build_tiny_llava(tmp_path / "std", image_size=64, vision_tokens="pooled", hidden_size=32,
-                            intermediate_size=64, layers=1, heads=2, seed=0, standardise=True)
+    path = build_tiny_llava(
+        tmp_path / "std",
+        image_size=64,
+        vision_tokens="pooled",
+        hidden_size=32,
+        intermediate_size=64,
+        layers=1,
+        heads=2,
+        seed=0,
+        standardise=True,
+    )
     tower = load_model(path).model.vision_tower
     assert tower.config.standardise
     assert not torch.equal(tower.feature_std, torch.ones_like(tower.feature_std)), "calibration was lost on reload"

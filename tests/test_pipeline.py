@@ -35,9 +35,17 @@ def _changed_stages(repo: Path) -> set[str]:
 
 
 def test_repro_produces_every_output(repo):
-    for path in ("data/validate/manifest.csv", "data/soft_labels/train.csv", "models/base/config.json",
-                 "models/deqa/adapter_model.safetensors", "data/evaluate/predictions.csv",
-                 "reports/report.html", "reports/summary.md", "dvc.lock", "dvclive/train/metrics.json"):
+    for path in (
+        "data/validate/manifest.csv",
+        "data/soft_labels/train.csv",
+        "models/base/config.json",
+        "models/deqa/adapter_model.safetensors",
+        "data/evaluate/predictions.csv",
+        "reports/report.html",
+        "reports/summary.md",
+        "dvc.lock",
+        "dvclive/train/metrics.json",
+    ):
         assert (repo / path).exists(), path
     metrics = json.loads(run([DVC, "metrics", "show", "--json"], repo).stdout)
     text = json.dumps(metrics)
@@ -107,8 +115,18 @@ def _use_external_set(work: Path, labels: str, root: str, declare: str | None, r
     for name in ("params.yaml", "dvc.yaml"):  # start from the committed pipeline each time
         (work / name).write_text(run(["git", "show", f"origin/HEAD:{name}"], work).stdout)
     params = yaml.safe_load((work / "params.yaml").read_text())
-    params["evaluate"]["extra"] = [{"name": "ext", "format": "generic-csv", "labels": labels, "root": root,
-                                    "lo": None, "hi": None, "split": "", "required": required}]
+    params["evaluate"]["extra"] = [
+        {
+            "name": "ext",
+            "format": "generic-csv",
+            "labels": labels,
+            "root": root,
+            "lo": None,
+            "hi": None,
+            "split": "",
+            "required": required,
+        }
+    ]
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     dvc = yaml.safe_load((work / "dvc.yaml").read_text())
     if declare:  # wherever the set is read: scored by evaluate, thumbnails in the report
@@ -123,8 +141,10 @@ def test_an_undeclared_external_set_is_refused_with_the_dep_to_add(work, tmp_pat
     _use_external_set(work, "../ext/labels.csv", "../ext", declare=None)
     res = run([DVC, "repro", "evaluate"], work, check=False)
     assert res.returncode != 0
-    assert ("error: evaluate.extra[0].labels: ../ext/labels.csv is read by stage 'evaluate' but is not among its "
-            "deps in dvc.yaml; add `- ../ext/labels.csv` to its deps") in res.stdout + res.stderr
+    assert (
+        "error: evaluate.extra[0].labels: ../ext/labels.csv is read by stage 'evaluate' but is not among its "
+        "deps in dvc.yaml; add `- ../ext/labels.csv` to its deps"
+    ) in res.stdout + res.stderr
 
 
 def test_temporary_experiments_keep_or_refuse_an_external_set_never_drop_it(work, tmp_path):

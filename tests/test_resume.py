@@ -26,7 +26,7 @@ from model_fixtures import build_base, build_labels, small_params
 
 TESTS = Path(__file__).resolve().parent
 
-RUNNER = r'''
+RUNNER = r"""
 import json, os, sys, time
 cfg = json.load(open(sys.argv[1]))
 import torch
@@ -60,7 +60,7 @@ if cfg.get("val_srcc"):
     training.validate = scripted_validate
 summary = training.train(params, cfg["labels"], cfg["base"], cfg["out"], cfg["ckpt"], cfg["live"], progress=False)
 json.dump(summary, open(cfg["summary"], "w"))
-'''
+"""
 
 # 12 train images, 2 pairs per step: 6 steps per epoch, 18 in all; checkpoints at 4, 8, 12, 16;
 # a log row every 3 steps (so the checkpoint at 8 holds unlogged loss sums); killed after step 10.
@@ -78,15 +78,32 @@ def setup(tmp_path_factory):
 
 
 def _start(setup, name: str, run_dir: Path, **extra) -> tuple[subprocess.Popen, dict]:
-    cfg = {"tests": str(TESTS), "train": TRAIN, "dropout": 0.1, "labels": str(setup["labels"]),
-           "base": str(setup["base"]), "out": str(run_dir / "model"), "ckpt": str(run_dir / "ckpt"),
-           "live": str(run_dir / "live"), "summary": str(run_dir / f"{name}.json"),
-           "ready": str(run_dir / "ready"), "val_srcc": list(VAL_SRCC), "code_digest": "pinned", **extra}
+    cfg = {
+        "tests": str(TESTS),
+        "train": TRAIN,
+        "dropout": 0.1,
+        "labels": str(setup["labels"]),
+        "base": str(setup["base"]),
+        "out": str(run_dir / "model"),
+        "ckpt": str(run_dir / "ckpt"),
+        "live": str(run_dir / "live"),
+        "summary": str(run_dir / f"{name}.json"),
+        "ready": str(run_dir / "ready"),
+        "val_srcc": list(VAL_SRCC),
+        "code_digest": "pinned",
+        **extra,
+    }
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / f"{name}.cfg.json").write_text(json.dumps(cfg))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.Popen([sys.executable, str(setup["runner"]), str(run_dir / f"{name}.cfg.json")], cwd=run_dir,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, str(setup["runner"]), str(run_dir / f"{name}.cfg.json")],
+        cwd=run_dir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     return proc, cfg
 
 
@@ -130,8 +147,10 @@ def test_sigkill_then_resume_in_a_fresh_process_is_bit_exact(setup):
     assert "resuming from" in out and "step 8" in out, out[-2000:]
     _finish(full)
 
-    a, b = load_file(str(Path(full_cfg["out"]) / "adapter_model.safetensors")), \
-        load_file(str(Path(cfg["out"]) / "adapter_model.safetensors"))
+    a, b = (
+        load_file(str(Path(full_cfg["out"]) / "adapter_model.safetensors")),
+        load_file(str(Path(cfg["out"]) / "adapter_model.safetensors")),
+    )
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
@@ -148,8 +167,9 @@ def test_sigkill_then_resume_in_a_fresh_process_is_bit_exact(setup):
     steps = [s for s, _ in res_rows["plots/metrics/train/loss.tsv"]]
     assert steps == [3, 6, 9, 12, 15, 18]
     assert [s for s, _ in res_rows["plots/metrics/val/srcc.tsv"]] == [6, 12, 18]
-    assert json.loads((Path(cfg["live"]) / "metrics.json").read_text()) == \
-        json.loads((Path(full_cfg["live"]) / "metrics.json").read_text())
+    assert json.loads((Path(cfg["live"]) / "metrics.json").read_text()) == json.loads(
+        (Path(full_cfg["live"]) / "metrics.json").read_text()
+    )
 
 
 def test_a_checkpoint_of_other_code_is_not_resumed(setup, tmp_path, monkeypatch, caplog):
@@ -172,5 +192,7 @@ def test_a_checkpoint_of_other_code_is_not_resumed(setup, tmp_path, monkeypatch,
     assert len(calls) == done["steps"] == done["total_steps"] == 18  # every step trained again
     assert any("not resuming" in r.getMessage() and "code differs" in r.getMessage() for r in caplog.records)
     # the stale checkpoint is gone once the new run saves its own
-    assert not any(json.loads((p / "deqa_state.json").read_text())["parts"]["code"] != "0" * 64
-                   for p in (tmp_path / "ckpt").glob("step_*"))
+    assert not any(
+        json.loads((p / "deqa_state.json").read_text())["parts"]["code"] != "0" * 64
+        for p in (tmp_path / "ckpt").glob("step_*")
+    )

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from model_fixtures import trained_model
 
 from deqa.cli import main as cli
 from deqa.scoring import Scorer
+from model_fixtures import trained_model
 
 
 @pytest.fixture(scope="module")
@@ -62,10 +62,10 @@ def test_cli_scores_a_folder_and_reports_broken_files(trained, tmp_path, capsys)
     (folder / "sub").mkdir(parents=True)
     good = _images(trained)[:3]
     for i, p in enumerate(good):
-        (folder / ("sub" if i == 0 else ".") / f"ok{i}.png").write_bytes(open(p, "rb").read())
+        (folder / ("sub" if i == 0 else ".") / f"ok{i}.png").write_bytes(Path(p).read_bytes())
     (folder / "empty.jpg").write_bytes(b"")
     (folder / "text.png").write_text("not an image")
-    data = open(good[0], "rb").read()
+    data = Path(good[0]).read_bytes()
     (folder / "cut.png").write_bytes(data[: len(data) // 3])
     code = cli(["score", str(folder), "--model", str(trained["model"]), "--format", "json", "--no-progress"])
     out = json.loads(capsys.readouterr().out)
@@ -109,6 +109,7 @@ def _rows(text):
 def test_16bit_png_and_tiff_score_like_their_8bit_version(scorer, trained, tmp_path):
     tifffile = pytest.importorskip("tifffile")
     from PIL import Image
+
     from test_images import write_png16
 
     grey = np.asarray(Image.open(_images(trained)[0]).convert("L"))
@@ -148,7 +149,7 @@ def test_symlink_loops_in_a_folder_are_rows_and_as_a_file_one_error(trained, tmp
     folder = tmp_path / "f"
     folder.mkdir()
     for i, p in enumerate(_images(trained)[:4]):
-        (folder / f"ok{i}.png").write_bytes(open(p, "rb").read())
+        (folder / f"ok{i}.png").write_bytes(Path(p).read_bytes())
     for i in range(3):
         os.symlink(folder / f"loop{i}b.png", folder / f"loop{i}a.png")
         os.symlink(folder / f"loop{i}a.png", folder / f"loop{i}b.png")
@@ -166,7 +167,7 @@ def test_symlink_loops_in_a_folder_are_rows_and_as_a_file_one_error(trained, tmp
 
 def test_nul_byte_long_name_and_latin1_list(trained, tmp_path, capsys):
     good = _images(trained)[:2]
-    (tmp_path / "café.png").write_bytes(open(good[0], "rb").read())
+    (tmp_path / "café.png").write_bytes(Path(good[0]).read_bytes())
     (tmp_path / "list.csv").write_bytes("path\ncafé.png\n".encode("latin-1") + f"{good[1]}\n".encode())
     assert _score_cli(trained, tmp_path / "list.csv") == 0
     rows = _rows(capsys.readouterr().out)
@@ -177,18 +178,23 @@ def test_nul_byte_long_name_and_latin1_list(trained, tmp_path, capsys):
     assert _score_cli(trained, tmp_path / "hostile.txt") == 1
     captured = capsys.readouterr()
     errors = [r["error"] for r in _rows(captured.out) if r["error"]]
-    assert errors == ["the file name contains a NUL byte", "file name too long (309 bytes)".replace(
-        "309", str(len(str(long_name).encode())))]
+    assert errors == [
+        "the file name contains a NUL byte",
+        "file name too long (309 bytes)".replace("309", str(len(str(long_name).encode()))),
+    ]
     assert "Traceback" not in captured.err and "a\\x00b.png" in captured.err
     assert _score_cli(trained, long_name) == 2
     assert "file name too long" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("device, message", [
-    ("nonsense", "unknown device 'nonsense'"),
-    ("cuda", "device 'cuda' is not available"),
-    ("cuda:x", "unknown device 'cuda:x'"),
-])
+@pytest.mark.parametrize(
+    "device, message",
+    [
+        ("nonsense", "unknown device 'nonsense'"),
+        ("cuda", "device 'cuda' is not available"),
+        ("cuda:x", "unknown device 'cuda:x'"),
+    ],
+)
 def test_bad_device_is_one_line_and_exit_2(trained, capsys, device, message):
     import torch
 
@@ -246,7 +252,9 @@ def test_interrupted_run_keeps_its_rows_and_resume_scores_the_rest(trained, tmp_
         json.loads(out.read_text())  # closed even when interrupted
     monkeypatch.setattr(Scorer, "forward", real_forward)
     calls.clear()
-    monkeypatch.setattr(Scorer, "forward", lambda self, enc, pos: calls.append(len(pos)) or real_forward(self, enc, pos))
+    monkeypatch.setattr(
+        Scorer, "forward", lambda self, enc, pos: calls.append(len(pos)) or real_forward(self, enc, pos)
+    )
     assert _score_cli(trained, *paths, "-o", out, "--batch-size", "3", "--resume") == 0
     assert sum(calls) == 4  # only the rest was scored
     rows = read_results(out, fmt)
@@ -264,7 +272,7 @@ def test_resume_drops_a_row_cut_off_mid_write_and_retries_errors(trained, tmp_pa
     text = out.read_text()
     lines = text.splitlines()
     out.write_text("\n".join(lines[:3]) + "\n" + lines[3][:20])  # killed while writing row 3
-    (tmp_path / "missing.png").write_bytes(open(paths[0], "rb").read())
+    (tmp_path / "missing.png").write_bytes(Path(paths[0]).read_bytes())
     assert _score_cli(trained, *paths, tmp_path / "missing.png", "-o", out, "--resume") == 0
     rows = _rows(out.read_text())
     assert sorted(r["path"] for r in rows) == sorted(paths + [str(tmp_path / "missing.png")])
@@ -286,7 +294,9 @@ def test_iter_score_streams_with_bounded_look_ahead(scorer, trained, monkeypatch
     real = scoring.to_pil
     monkeypatch.setattr(scoring, "to_pil", lambda x: decoded.append(x) or real(x))
     seen = []
-    for batch in scorer.iter_score(paths + ["/nonexistent.png"], batch_size=4, prefetch=2):
+    for batch in scorer.iter_score(  # noqa: B007 (the last batch is checked below)
+        paths + ["/nonexistent.png"], batch_size=4, prefetch=2
+    ):
         seen.append(len(decoded))
         if len(seen) == 1:
             time_limit = len(decoded)
@@ -305,7 +315,10 @@ def test_decoders_give_the_same_scores(scorer, trained):
         results[decoder] = [r for b in batches for r in b.records()]
     assert results["thread"] == results["none"]
     assert [r["path"] for r in results["process"]] == [r["path"] for r in results["none"]]
-    assert all(abs(a.get("score", 0) - b.get("score", 0)) < 1e-6 for a, b in zip(results["process"], results["none"]))
+    assert all(
+        abs(a.get("score", 0) - b.get("score", 0)) < 1e-6
+        for a, b in zip(results["process"], results["none"], strict=False)
+    )
     with pytest.raises(Exception, match="no such file"):
         scorer.score(paths)
 
@@ -326,7 +339,7 @@ def test_predict_quarantines_unreadable_images_and_keeps_provenance(scorer, trai
     assert {"content", "distortion", "severity"} <= set(pred.columns)
     q = quarantined(pred)
     assert list(q["image"]) == ["gone.png"] and q["reasons"][0] == "unreadable image: no such file"
-    expected = scorer.score([str(Path(r) / i) for r, i in zip(pred["root"], pred["image"])])
+    expected = scorer.score([str(Path(r) / i) for r, i in zip(pred["root"], pred["image"], strict=False)])
     assert np.abs(pred["pred_mean"].to_numpy() - expected.mean).max() < 1e-5
     written = write_predictions(pred, tmp_path / "out")
     assert pd.read_csv(tmp_path / "out" / "quarantine.csv")["image"].tolist() == ["gone.png"]
@@ -344,13 +357,18 @@ def test_extra_sets_are_validated_and_quarantined(trained, tmp_path):
     root.mkdir()
     lines = ["image,mos,std,content"]
     for i, p in enumerate(images[:8]):
-        (root / f"e{i}.png").write_bytes(open(p, "rb").read())
+        (root / f"e{i}.png").write_bytes(Path(p).read_bytes())
         lines.append(f"e{i}.png,{1 + i * 0.5},0.4,photo{i}")
-    lines += ["nothere.png,3.0,0.5,x", f"../{Path(images[0]).name},3.0,0.5,x", f"{images[0]},3.0,0.5,x",
-              "e9.png,3.0,0.5,x,surplus"]
+    lines += [
+        "nothere.png,3.0,0.5,x",
+        f"../{Path(images[0]).name},3.0,0.5,x",
+        f"{images[0]},3.0,0.5,x",
+        "e9.png,3.0,0.5,x,surplus",
+    ]
     (root / "labels.csv").write_text("\n".join(lines) + "\n")
-    cfg = EvaluateConfig(splits=["val"], extra=[SourceConfig(name="ext", format="generic-csv",
-                                                             labels=str(root / "labels.csv"))])
+    cfg = EvaluateConfig(
+        splits=["val"], extra=[SourceConfig(name="ext", format="generic-csv", labels=str(root / "labels.csv"))]
+    )
     frame = evaluation_frames(cfg, trained["labels"], 0)
     cross = frame[frame["split"] == "cross"]
     assert sorted(cross["image"]) == [f"e{i}.png" for i in range(8)]

@@ -39,8 +39,9 @@ def _digest(folder: Path) -> str:
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     out = tmp_path_factory.mktemp("sens")
-    labels = generate_sensitivity_set(out, image_size=64, scenes_per_kind=2, severities=4, distortions=DISTS,
-                                      photos=("colorwheel", "minduka"), seed=0)
+    labels = generate_sensitivity_set(
+        out, image_size=64, scenes_per_kind=2, severities=4, distortions=DISTS, photos=("colorwheel", "minduka"), seed=0
+    )
     return out, labels
 
 
@@ -101,8 +102,15 @@ def test_severity_degrades_every_scene(small):
 
 def test_deterministic(small, tmp_path):
     out, _ = small
-    generate_sensitivity_set(tmp_path, image_size=64, scenes_per_kind=2, severities=4, distortions=DISTS,
-                             photos=("colorwheel", "minduka"), seed=0)
+    generate_sensitivity_set(
+        tmp_path,
+        image_size=64,
+        scenes_per_kind=2,
+        severities=4,
+        distortions=DISTS,
+        photos=("colorwheel", "minduka"),
+        seed=0,
+    )
     assert _digest(tmp_path) == _digest(out)
 
 

@@ -52,7 +52,7 @@ def test_all_photos_load_offline():
 
 
 def test_size_and_koniq_layout(small):
-    out, labels, images = small
+    _out, labels, images = small
     table = pd.read_csv(labels)
     assert list(table.columns) == ["image_name", *VOTE_COLUMNS, "c_total", "MOS", "SD", "MOS_zscore", "set"]
     n_dist = len(SyntheticConfig().distortions)
@@ -192,11 +192,15 @@ def test_photo_sources_keep_split_and_pass_the_quality_bar(rated_photos):
 
 
 def test_photo_sources_from_a_label_file_use_the_importer_split(rated_photos):
-    photos = photos_from_labels(rated_photos / "labels.csv", lo=0.0, hi=1.0, min_quality=1.0, seed=0,
-                                val_fraction=0.2, test_fraction=0.2)
-    rows = import_labels(rated_photos / "labels.csv", "generic-csv", lo=0.0, hi=1.0, seed=0,
-                         val_fraction=0.2, test_fraction=0.2)
-    assert {p.content: p.split for p in photos} == {Path(i).stem: s for i, s in zip(rows["image"], rows["split"], strict=True)}
+    photos = photos_from_labels(
+        rated_photos / "labels.csv", lo=0.0, hi=1.0, min_quality=1.0, seed=0, val_fraction=0.2, test_fraction=0.2
+    )
+    rows = import_labels(
+        rated_photos / "labels.csv", "generic-csv", lo=0.0, hi=1.0, seed=0, val_fraction=0.2, test_fraction=0.2
+    )
+    assert {p.content: p.split for p in photos} == {
+        Path(i).stem: s for i, s in zip(rows["image"], rows["split"], strict=True)
+    }
 
 
 @pytest.fixture(scope="module")
@@ -233,11 +237,20 @@ def test_distorted_photos_layout_and_anchor(distorted):
 
 def test_distorted_photos_deterministic_and_subset_of_distortions(distorted, rated_photos, tmp_path):
     out, labels, photos = distorted
-    again = generate_from_photos(photos, tmp_path / "a", image_size=48, severities=3, raters=15, seed=0,
-                                 progress=False)
+    again = generate_from_photos(photos, tmp_path / "a", image_size=48, severities=3, raters=15, seed=0, progress=False)
     assert again.read_bytes() == labels.read_bytes() and _digest(tmp_path / "a") == _digest(out)
-    two = pd.read_csv(generate_from_photos(photos, tmp_path / "b", image_size=48, severities=2,
-                                           distortions_per_photo=2, raters=5, seed=0, progress=False))
+    two = pd.read_csv(
+        generate_from_photos(
+            photos,
+            tmp_path / "b",
+            image_size=48,
+            severities=2,
+            distortions_per_photo=2,
+            raters=5,
+            seed=0,
+            progress=False,
+        )
+    )
     per = two[two["severity"] > 0].groupby("content")["distortion"].nunique()
     assert (per == 2).all() and len(two) == len(photos) * (1 + 2 * 2)
     assert two[two["severity"] > 0]["distortion"].nunique() > 2  # the pick differs between photos

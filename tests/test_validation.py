@@ -31,8 +31,19 @@ def data(tmp_path) -> tuple[Path, pd.DataFrame]:
     for i in range(N):
         Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(root / f"img{i:02d}.png")
         split = "train" if i < 16 else ("val" if i < 20 else "test")
-        rows.append({"image": f"img{i:02d}.png", "root": str(root), "dataset": "toy", "split": split,
-                     "mos": 1.0 + 4.0 * i / (N - 1), "std": 0.5, "n_votes": 10.0, "lo": 1.0, "hi": 5.0})
+        rows.append(
+            {
+                "image": f"img{i:02d}.png",
+                "root": str(root),
+                "dataset": "toy",
+                "split": split,
+                "mos": 1.0 + 4.0 * i / (N - 1),
+                "std": 0.5,
+                "n_votes": 10.0,
+                "lo": 1.0,
+                "hi": 5.0,
+            }
+        )
     return root, pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
 
 
@@ -95,11 +106,14 @@ def test_text_file_named_jpg(data):
 
 def _png_header_only(path: Path, width: int, height: int) -> None:
     """A tiny PNG that claims width x height 1-bit pixels: a decompression bomb's header."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
     ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 def test_decompression_bomb(data):
@@ -144,13 +158,16 @@ def test_symlink_inside_root_is_fine(data):
     assert "path_inside_root" not in failed_names(run(df))
 
 
-@pytest.mark.parametrize("value, name, reason", [
-    (np.nan, "not_null_mos", "mos is missing (empty or NaN)"),
-    (-2.0, "mos_in_scale", "mos=-2.0 is outside the dataset's scale [1.0, 5.0]"),
-    (7.5, "mos_in_scale", "mos=7.5 is outside the dataset's scale [1.0, 5.0]"),
-    (np.inf, "mos_in_scale", "mos=inf is not finite"),
-    ("good", "type_mos", "mos 'good' is not a number"),
-])
+@pytest.mark.parametrize(
+    "value, name, reason",
+    [
+        (np.nan, "not_null_mos", "mos is missing (empty or NaN)"),
+        (-2.0, "mos_in_scale", "mos=-2.0 is outside the dataset's scale [1.0, 5.0]"),
+        (7.5, "mos_in_scale", "mos=7.5 is outside the dataset's scale [1.0, 5.0]"),
+        (np.inf, "mos_in_scale", "mos=inf is not finite"),
+        ("good", "type_mos", "mos 'good' is not a number"),
+    ],
+)
 def test_bad_mos(data, value, name, reason):
     _, df = data
     df["mos"] = df["mos"].astype(object)
@@ -158,11 +175,14 @@ def test_bad_mos(data, value, name, reason):
     assert failing(run(df), name) == [reason]
 
 
-@pytest.mark.parametrize("value, name, reason", [
-    (-0.3, "std_non_negative", "std=-0.3 is negative"),
-    (9.0, "std_in_scale", "std=9.0 exceeds the scale's span hi - lo = 4.0"),
-    (np.inf, "std_in_scale", "std=inf is not finite"),
-])
+@pytest.mark.parametrize(
+    "value, name, reason",
+    [
+        (-0.3, "std_non_negative", "std=-0.3 is negative"),
+        (9.0, "std_in_scale", "std=9.0 exceeds the scale's span hi - lo = 4.0"),
+        (np.inf, "std_in_scale", "std=inf is not finite"),
+    ],
+)
 def test_bad_std(data, value, name, reason):
     _, df = data
     df.loc[11, "std"] = value
@@ -292,8 +312,9 @@ def test_stage_fail_mode_exits_with_message_not_traceback(data, tmp_path, monkey
     monkeypatch.chdir(work)
     monkeypatch.delenv("DVC_STAGE", raising=False)
     with pytest.raises(SystemExit) as exc:
-        stage.main(["--manifest", "data/prepare/manifest.csv", "--out", "data/validate",
-                    "--metrics", "metrics/validate.json"])
+        stage.main(
+            ["--manifest", "data/prepare/manifest.csv", "--out", "data/validate", "--metrics", "metrics/validate.json"]
+        )
     message = str(exc.value.code)
     assert message.startswith("validation failed (on_error=fail)")
     assert "file_decodes" in message and "img05.png: zero-byte file" in message
@@ -305,8 +326,23 @@ def test_cli_validate(data, tmp_path, capsys):
     labels = tmp_path / "labels.csv"
     df[["image", "mos", "std", "split"]].to_csv(labels, index=False)
     report = tmp_path / "report.json"
-    code = cli_main(["validate", str(labels), "--format", "generic-csv", "--root", str(root),
-                     "--lo", "1", "--hi", "5", "--report", str(report), "--quiet"])
+    code = cli_main(
+        [
+            "validate",
+            str(labels),
+            "--format",
+            "generic-csv",
+            "--root",
+            str(root),
+            "--lo",
+            "1",
+            "--hi",
+            "5",
+            "--report",
+            str(report),
+            "--quiet",
+        ]
+    )
     assert code == 0 and report.is_file()
     assert "24 rows in, 24 kept" in capsys.readouterr().out
     (root / "img07.png").write_text("not a png")
@@ -314,8 +350,21 @@ def test_cli_validate(data, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" not in err
     assert "img07.png: not an image" in err
-    code = cli_main(["validate", str(labels), "--format", "generic-csv", "--root", str(root), "--quiet",
-                     "--on-error", "quarantine", "--out", str(tmp_path / "q")])
+    code = cli_main(
+        [
+            "validate",
+            str(labels),
+            "--format",
+            "generic-csv",
+            "--root",
+            str(root),
+            "--quiet",
+            "--on-error",
+            "quarantine",
+            "--out",
+            str(tmp_path / "q"),
+        ]
+    )
     assert code == 0 and len(pd.read_csv(tmp_path / "q" / "quarantine.csv")) == 1
     code = cli_main(["validate", str(tmp_path / "nope.csv"), "--format", "koniq", "--quiet"])
     assert code == 2 and "label file not found" in capsys.readouterr().err
@@ -337,11 +386,14 @@ def _hostile(root: Path, case: str) -> str:
 
 
 @pytest.mark.parametrize("on_error", ["fail", "quarantine"])
-@pytest.mark.parametrize("case, reason", [
-    ("loop", "file_decodes: unreadable: symlink loop (too many levels of symbolic links)"),
-    ("nul", "path_inside_root: the image path 'a\\x00b.png' contains a NUL byte"),
-    ("long", "file_decodes: unreadable: file name too long"),
-])
+@pytest.mark.parametrize(
+    "case, reason",
+    [
+        ("loop", "file_decodes: unreadable: symlink loop (too many levels of symbolic links)"),
+        ("nul", "path_inside_root: the image path 'a\\x00b.png' contains a NUL byte"),
+        ("long", "file_decodes: unreadable: file name too long"),
+    ],
+)
 def test_loop_nul_and_long_name_are_row_reasons(data, on_error, case, reason):
     root, df = data
     df.loc[3, "image"] = _hostile(root, case)
@@ -368,8 +420,28 @@ def _generic_lines(n=N):
 
 
 def _validate_cli(labels, root, out, *extra):
-    return cli_main(["validate", str(labels), "--format", "generic-csv", "--root", str(root), "--lo", "1",
-                     "--hi", "5", "--split", "train", "--on-error", "quarantine", "--out", str(out), "-q", *extra])
+    return cli_main(
+        [
+            "validate",
+            str(labels),
+            "--format",
+            "generic-csv",
+            "--root",
+            str(root),
+            "--lo",
+            "1",
+            "--hi",
+            "5",
+            "--split",
+            "train",
+            "--on-error",
+            "quarantine",
+            "--out",
+            str(out),
+            "-q",
+            *extra,
+        ]
+    )
 
 
 def test_extra_field_on_the_first_data_row_quarantines_that_row_only(data, tmp_path, capsys):
@@ -407,8 +479,21 @@ def test_screen_says_where_every_failing_row_is(data, tmp_path, capsys):
     lines = _generic_lines() + [f"missing{i}.png,3.0,0.5" for i in range(8)]
     labels = _labels_file(root, tmp_path, lines)
     report = tmp_path / "r.json"
-    code = cli_main(["validate", str(labels), "--format", "generic-csv", "--root", str(root), "-q",
-                     "--split", "train", "--report", str(report)])
+    code = cli_main(
+        [
+            "validate",
+            str(labels),
+            "--format",
+            "generic-csv",
+            "--root",
+            str(root),
+            "-q",
+            "--split",
+            "train",
+            "--report",
+            str(report),
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 1
     assert "... and 5 more: the report " + str(report) in captured.err
@@ -439,14 +524,15 @@ def test_images_that_cannot_be_converted_faithfully_are_quarantined(data):
 
 
 def test_manifest_format_reads_malformed_lines_as_row_reasons(data, tmp_path, capsys):
-    root, df = data
+    _root, df = data
     path = tmp_path / "manifest.csv"
     df.to_csv(path, index=False)
     text = path.read_text().splitlines()
     text[4] += ",oops"
     path.write_text("\n".join(text) + "\n")
-    code = cli_main(["validate", str(path), "--format", "manifest", "-q", "--on-error", "quarantine",
-                     "--out", str(tmp_path / "q")])
+    code = cli_main(
+        ["validate", str(path), "--format", "manifest", "-q", "--on-error", "quarantine", "--out", str(tmp_path / "q")]
+    )
     assert code == 0
     q = pd.read_csv(tmp_path / "q" / "quarantine.csv")
     assert list(q["line"]) == [5] and q["reasons"][0].startswith("row_parses: line 5 has 10 fields")

@@ -100,15 +100,21 @@ def data_digest(labels_dir: str | Path) -> str:
         if f.exists():
             named.append((f.name, f))
             df = pd.read_csv(f, usecols=["root", "image"])
-            named += [(f"{split}:{r}/{i}", Path(r) / i) for r, i in zip(df["root"].astype(str), df["image"].astype(str), strict=True)]
+            named += [
+                (f"{split}:{r}/{i}", Path(r) / i)
+                for r, i in zip(df["root"].astype(str), df["image"].astype(str), strict=True)
+            ]
     return _digest_files(named)
 
 
 def base_digest(base_dir: str | Path, checkpoint: str | Path) -> str:
     """Every file of the base checkpoint (hidden folders aside) plus the pointer file, if any."""
     checkpoint, base_dir = Path(checkpoint), Path(base_dir)
-    files = sorted(f for f in checkpoint.rglob("*")
-                   if f.is_file() and not any(part.startswith(".") for part in f.relative_to(checkpoint).parts))
+    files = sorted(
+        f
+        for f in checkpoint.rglob("*")
+        if f.is_file() and not any(part.startswith(".") for part in f.relative_to(checkpoint).parts)
+    )
     named = [(str(f.relative_to(checkpoint)), f) for f in files]
     pointer = base_dir / "deqa_base.json"
     if pointer.exists() and base_dir.resolve() != checkpoint.resolve():
@@ -141,8 +147,12 @@ class Fingerprint:
 
 def fingerprint(params: Params, labels_dir: str | Path, base_dir: str | Path, checkpoint: str | Path) -> Fingerprint:
     """The identity of a training run (module docstring): params, data, base model and code."""
-    return Fingerprint(params=params_digest(params), data=data_digest(labels_dir),
-                       base=base_digest(base_dir, checkpoint), code=code_digest())
+    return Fingerprint(
+        params=params_digest(params),
+        data=data_digest(labels_dir),
+        base=base_digest(base_dir, checkpoint),
+        code=code_digest(),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,8 +189,7 @@ class TrainState:
 class Checkpoints:
     """Save, find and resume the checkpoints of one run (one fingerprint) in ``directory``."""
 
-    def __init__(self, accelerator, directory: str | Path, fp: Fingerprint, live_dir: str | Path | None,
-                 keep: int = 2):
+    def __init__(self, accelerator, directory: str | Path, fp: Fingerprint, live_dir: str | Path | None, keep: int = 2):
         self.acc, self.dir, self.fp, self.keep = accelerator, Path(directory), fp, keep
         self.live_dir = Path(live_dir) if live_dir is not None else None
         self.live_restored = False  # the dvclive folder was put back as of the resumed checkpoint
@@ -200,8 +209,12 @@ class Checkpoints:
             if info.get("fingerprint") == self.fp.value:
                 return path
             diff = self.fp.differences(info.get("parts", {}))
-            log.info("not resuming %s: its %s differ%s from this run's", path, ", ".join(diff) or "fingerprint",
-                     "s" if len(diff) == 1 else "")
+            log.info(
+                "not resuming %s: its %s differ%s from this run's",
+                path,
+                ", ".join(diff) or "fingerprint",
+                "s" if len(diff) == 1 else "",
+            )
         return None
 
     def save(self, state: TrainState) -> Path:
@@ -237,7 +250,7 @@ class Checkpoints:
             else:
                 log.info("deleting %s: a checkpoint of another run", path)
                 shutil.rmtree(path, ignore_errors=True)
-        for path in mine[:-self.keep]:
+        for path in mine[: -self.keep]:
             shutil.rmtree(path, ignore_errors=True)
         for path in self.dir.glob("step_*.tmp"):
             shutil.rmtree(path, ignore_errors=True)
@@ -259,6 +272,7 @@ class Checkpoints:
                 shutil.copytree(path / LIVE_COPY, self.live_dir)
                 self.live_restored = True
         self.acc.wait_for_everyone()
-        self.acc.print(f"resuming from {path} (step {state.step}, epoch {state.epoch}, "
-                       f"{state.batches_done} batches of it done)")
+        self.acc.print(
+            f"resuming from {path} (step {state.step}, epoch {state.epoch}, {state.batches_done} batches of it done)"
+        )
         return state

@@ -43,19 +43,25 @@ def command_module(name: str):
 def _common_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("output and logging (any command)")
-    g.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
-                   help="more log lines (debug level)")
-    g.add_argument("-q", "--quiet", action="count", default=argparse.SUPPRESS,
-                   help="fewer log lines: warnings and errors only (-qq: errors only); no progress bars")
-    g.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                   help="show the traceback of an unexpected error")
+    g.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more log lines (debug level)")
+    g.add_argument(
+        "-q",
+        "--quiet",
+        action="count",
+        default=argparse.SUPPRESS,
+        help="fewer log lines: warnings and errors only (-qq: errors only); no progress bars",
+    )
+    g.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an unexpected error"
+    )
     return common
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     common = _common_options()
     parser = argparse.ArgumentParser(
-        prog="deqa", parents=[common],
+        prog="deqa",
+        parents=[common],
         description="DeQA-Score image-quality scoring with vision-language models.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -144,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print("error: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except Exception as exc:  # noqa: BLE001 - every error is one line unless --debug
+    except Exception as exc:
         if debug:
             raise
         print(f"error: {one_line(exc)} (run with --debug for the traceback)", file=sys.stderr)

@@ -39,9 +39,16 @@ TAGS = ["deqa", "image-quality-assessment", "iqa", "lora", "vision-language-mode
 HEADLINE = ("n", "srcc", "plcc", "krcc", "rmse")
 
 
-def export(model_dir: str | Path, output: str | Path, base: str | Path | None = None,
-           metrics_file: str | Path | None = "metrics/evaluate.json", overwrite: bool = False,
-           dtype: str = "auto", device: str = "auto", license: str | None = None) -> Path:
+def export(
+    model_dir: str | Path,
+    output: str | Path,
+    base: str | Path | None = None,
+    metrics_file: str | Path | None = "metrics/evaluate.json",
+    overwrite: bool = False,
+    dtype: str = "auto",
+    device: str = "auto",
+    license: str | None = None,
+) -> Path:
     """Merge ``model_dir`` (adapter or full checkpoint) into a standalone checkpoint at ``output``."""
     model_dir, out = Path(model_dir), Path(output)
     if not model_dir.is_dir():
@@ -125,8 +132,14 @@ def _base_checkpoint(model_dir: Path, base: str | Path | None) -> Path | None:
     return resolve_checkpoint(find_base(model_dir, base))
 
 
-DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
-          "float16": "float16", "fp16": "float16"}
+DTYPES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+}
 
 
 def export_dtype(dtype: str, checkpoint: Path):
@@ -139,8 +152,11 @@ def export_dtype(dtype: str, checkpoint: Path):
         return getattr(torch, DTYPES[dtype])
     config = json.loads((checkpoint / "config.json").read_text()) if (checkpoint / "config.json").exists() else {}
     stored = config.get("dtype") or config.get("torch_dtype") or (config.get("text_config") or {}).get("dtype")
-    return getattr(torch, stored) if isinstance(stored, str) and isinstance(getattr(torch, stored, None), torch.dtype) \
+    return (
+        getattr(torch, stored)
+        if isinstance(stored, str) and isinstance(getattr(torch, stored, None), torch.dtype)
         else torch.float32
+    )
 
 
 def _base_license(base_path: Path | None) -> str:
@@ -162,39 +178,75 @@ def model_card(card: dict, metrics: dict, license: str):
     base = (params.get("model") or {}).get("base") or card.get("base_model") or "unknown"
     base_id = "deqa-tiny-llava" if base == "tiny" else Path(str(base)).name
     datasets = card.get("datasets") or [s.get("name") for s in (params.get("prepare") or {}).get("sources", [])]
-    rows = [(split, name, block) for split, groups in metrics.items() if isinstance(groups, dict)
-            for name, block in groups.items() if isinstance(block, dict) and "srcc" in block]
-    results = [EvalResult(task_type="image-text-to-text", task_name="Image quality assessment", dataset_type=name,
-                          dataset_name=name, dataset_split=split, metric_type=metric, metric_name=metric.upper(),
-                          metric_value=block[metric])
-               for split, name, block in rows if name != "overall" for metric in ("srcc", "plcc")
-               if isinstance(block.get(metric), (int, float))]
-    data = ModelCardData(base_model=base_id, datasets=[d for d in datasets if d] or None, license=license,
-                         library_name="transformers", pipeline_tag="image-text-to-text", tags=TAGS,
-                         metrics=["spearmanr", "pearsonr"], model_name=f"DeQA-Score {base_id}",
-                         eval_results=results or None)
+    rows = [
+        (split, name, block)
+        for split, groups in metrics.items()
+        if isinstance(groups, dict)
+        for name, block in groups.items()
+        if isinstance(block, dict) and "srcc" in block
+    ]
+    results = [
+        EvalResult(
+            task_type="image-text-to-text",
+            task_name="Image quality assessment",
+            dataset_type=name,
+            dataset_name=name,
+            dataset_split=split,
+            metric_type=metric,
+            metric_name=metric.upper(),
+            metric_value=block[metric],
+        )
+        for split, name, block in rows
+        if name != "overall"
+        for metric in ("srcc", "plcc")
+        if isinstance(block.get(metric), (int, float))
+    ]
+    data = ModelCardData(
+        base_model=base_id,
+        datasets=[d for d in datasets if d] or None,
+        license=license,
+        library_name="transformers",
+        pipeline_tag="image-text-to-text",
+        tags=TAGS,
+        metrics=["spearmanr", "pearsonr"],
+        model_name=f"DeQA-Score {base_id}",
+        eval_results=results or None,
+    )
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{_card_body(card, base, datasets, rows)}")
 
 
 def _card_body(card: dict, base: str, datasets: list, rows: list) -> str:
     params = card.get("params", {})
     lines = [
-        "# DeQA-Score image-quality model", "",
+        "# DeQA-Score image-quality model",
+        "",
         "Exported by `deqa export`: a LoRA adapter merged into its base model. It reads an image and answers "
-        "\"The quality of the image is {level}.\"; the score is the probability-weighted level (1 = bad .. "
-        "5 = excellent) and the predicted std comes from the same probabilities.", "",
-        "```python", "from deqa.scoring import Scorer", "scorer = Scorer.from_pretrained('PATH')",
-        "result = scorer.score(['image.jpg'])  # result.mean, result.std, result.probs", "```", "",
+        '"The quality of the image is {level}."; the score is the probability-weighted level (1 = bad .. '
+        "5 = excellent) and the predicted std comes from the same probabilities.",
+        "",
+        "```python",
+        "from deqa.scoring import Scorer",
+        "scorer = Scorer.from_pretrained('PATH')",
+        "result = scorer.score(['image.jpg'])  # result.mean, result.std, result.probs",
+        "```",
+        "",
         f"- base model: `{base}`",
         f"- levels: {', '.join(card.get('levels', []))}",
         f"- training data: {', '.join(map(str, datasets)) or 'unknown'}",
     ]
     if params:
-        lines.append(f"- labels: {(params.get('soft_labels') or {}).get('kind')}; "
-                     f"loss: {json.dumps(params.get('loss', {}), sort_keys=True)}")
+        lines.append(
+            f"- labels: {(params.get('soft_labels') or {}).get('kind')}; "
+            f"loss: {json.dumps(params.get('loss', {}), sort_keys=True)}"
+        )
     if rows:
-        lines += ["", "## Evaluation", "", "| split | dataset | " + " | ".join(HEADLINE) + " |",
-                  "|---|---|" + "---|" * len(HEADLINE)]
+        lines += [
+            "",
+            "## Evaluation",
+            "",
+            "| split | dataset | " + " | ".join(HEADLINE) + " |",
+            "|---|---|" + "---|" * len(HEADLINE),
+        ]
         for split, name, block in rows:
             cells = [f"{block[k]:.4g}" if isinstance(block.get(k), (int, float)) else "" for k in HEADLINE]
             lines.append(f"| {split} | {name} | " + " | ".join(cells) + " |")

@@ -84,8 +84,15 @@ class StopForward(Exception):
 class FeatureCache:
     """Caches a frozen vision module's per-image outputs (see the module docstring)."""
 
-    def __init__(self, tower: nn.Module, *, enabled: bool = True, check_first_call: bool = True,
-                 rtol: float = 1e-4, atol: float = 1e-5):
+    def __init__(
+        self,
+        tower: nn.Module,
+        *,
+        enabled: bool = True,
+        check_first_call: bool = True,
+        rtol: float = 1e-4,
+        atol: float = 1e-5,
+    ):
         """``rtol``/``atol`` (``atol`` relative to the output's largest magnitude, at least 1): the
         first call's comparison, widened to 16 machine epsilons of the output's dtype."""
         self.tower = tower
@@ -198,11 +205,16 @@ class FeatureCache:
                 fresh = [f[0] for f in fresh]
         if not self._checked and whole is not None:  # the first call: per image against the whole batch
             self._checked = True
-            alone = fresh if len(fresh) == len(keys) and not self._whole else \
-                [self._split(original(*r[0], **r[1]), 1)[0] for r in rows]
+            alone = (
+                fresh
+                if len(fresh) == len(keys) and not self._whole
+                else [self._split(original(*r[0], **r[1]), 1)[0] for r in rows]
+            )
             if not self._same(self._join(alone), whole):
-                self.disable("the tower's output for an image depends on the other images in its batch "
-                             "(flattened patches, tiles or batch statistics)")
+                self.disable(
+                    "the tower's output for an image depends on the other images in its batch "
+                    "(flattened patches, tiles or batch statistics)"
+                )
                 return whole
         for i, entry in zip(missing, fresh, strict=True):
             self.entries[keys[i]] = entry
@@ -220,8 +232,9 @@ class FeatureCache:
         if not all(leaf is None or (torch.is_tensor(leaf) and leaf.dim() and leaf.shape[0] == n) for leaf in leaves):
             self.disable("the vision outputs do not split per image along dim 0")
             return None
-        return [[spec, [None if leaf is None else leaf[i:i + 1].detach().clone() for leaf in leaves]]
-                for i in range(n)]
+        return [
+            [spec, [None if leaf is None else leaf[i : i + 1].detach().clone() for leaf in leaves]] for i in range(n)
+        ]
 
     def _split_inputs(self, args: tuple, kwargs: dict) -> list[tuple[tuple, dict]] | None:
         """Per-row ``(args, kwargs)`` of a call: tensors split along dim 0, everything else shared."""
@@ -231,17 +244,21 @@ class FeatureCache:
             return None
         n = main.shape[0]
         if self._keys is not None and len(self._keys) != n:
-            self.disable(f"the tower's input has {n} rows for {len(self._keys)} images (flattened patches or "
-                         "image tiles), so its outputs do not split per image")
+            self.disable(
+                f"the tower's input has {n} rows for {len(self._keys)} images (flattened patches or "
+                "image tiles), so its outputs do not split per image"
+            )
             return None
         for value in (*args, *kwargs.values()):
             if torch.is_tensor(value) and (value.dim() == 0 or value.shape[0] != n):
-                self.disable(f"an argument of shape {tuple(value.shape)} does not split over the input's {n} rows "
-                             "(flattened patches or image tiles with a grid argument)")
+                self.disable(
+                    f"an argument of shape {tuple(value.shape)} does not split over the input's {n} rows "
+                    "(flattened patches or image tiles with a grid argument)"
+                )
                 return None
 
         def row(value, i):
-            return value[i:i + 1] if torch.is_tensor(value) else value
+            return value[i : i + 1] if torch.is_tensor(value) else value
 
         return [(tuple(row(a, i) for a in args), {k: row(v, i) for k, v in kwargs.items()}) for i in range(n)]
 

@@ -72,7 +72,9 @@ def load_config(path: str | Path) -> GateConfig:
         parsed = []
         for i, rule in enumerate(rules or []):
             if not isinstance(rule, dict) or set(rule) != {"keys", "tolerance"} or not float(rule["tolerance"]) >= 0:
-                raise GateError(f"{path}: tolerance.{stage}[{i}]: expected {{keys: PATTERN, tolerance: >= 0}}, got {rule!r}")
+                raise GateError(
+                    f"{path}: tolerance.{stage}[{i}]: expected {{keys: PATTERN, tolerance: >= 0}}, got {rule!r}"
+                )
             parsed.append(Rule(str(rule["keys"]), float(rule["tolerance"])))
         tolerance[stage] = parsed
     quality = data.get("quality") or {}
@@ -134,10 +136,16 @@ def changed_inputs(committed: dict | None, current: dict | None, stage: str, flo
     which legitimately differ across CPUs) are left out."""
     old, new = _lock_entry(committed, stage), _lock_entry(current, stage)
     out = ["cmd"] if old.get("cmd") != new.get("cmd") else []
-    params = [(f, k) for f in set(old.get("params") or {}) | set(new.get("params") or {})
-              for k in set((old.get("params") or {}).get(f) or {}) | set((new.get("params") or {}).get(f) or {})]
-    out += sorted(f"params {k}" for f, k in params
-                  if ((old.get("params") or {}).get(f) or {}).get(k) != ((new.get("params") or {}).get(f) or {}).get(k))
+    params = [
+        (f, k)
+        for f in set(old.get("params") or {}) | set(new.get("params") or {})
+        for k in set((old.get("params") or {}).get(f) or {}) | set((new.get("params") or {}).get(f) or {})
+    ]
+    out += sorted(
+        f"params {k}"
+        for f, k in params
+        if ((old.get("params") or {}).get(f) or {}).get(k) != ((new.get("params") or {}).get(f) or {}).get(k)
+    )
     deps = [{d["path"]: d.get("md5") for d in entry.get("deps", [])} for entry in (old, new)]
     inside = lambda p: any(p == o or p.startswith(o.rstrip("/") + "/") for o in float_outputs)  # noqa: E731
     out += sorted(p for p in set(deps[0]) | set(deps[1]) if not inside(p) and deps[0].get(p) != deps[1].get(p))
@@ -211,8 +219,14 @@ def lookup(data: Any, dotted: str) -> Any:
 # --------------------------------------------------------------------------------------------
 # the checks
 # --------------------------------------------------------------------------------------------
-def _check_stage(stage: str, files: list[Path], cfg: GateConfig, baseline: str, base_dir: Path,
-                 locks: tuple[dict | None, dict | None]) -> tuple[bool, str]:
+def _check_stage(
+    stage: str,
+    files: list[Path],
+    cfg: GateConfig,
+    baseline: str,
+    base_dir: Path,
+    locks: tuple[dict | None, dict | None],
+) -> tuple[bool, str]:
     exact = stage in cfg.exact
     rules = [] if exact else cfg.tolerance[stage]
     problems, notes = [], []
@@ -237,8 +251,10 @@ def _check_stage(stage: str, files: list[Path], cfg: GateConfig, baseline: str, 
     float_outputs = {p for name in cfg.tolerance for p in lock_outputs(locks[0], name)}
     inputs = changed_inputs(*locks, stage, float_outputs)
     if inputs:
-        problems.append(f"ran with inputs the committed dvc.lock does not record: {', '.join(inputs[:6])}"
-                        " (commit dvc.lock and metrics after dvc repro)")
+        problems.append(
+            f"ran with inputs the committed dvc.lock does not record: {', '.join(inputs[:6])}"
+            " (commit dvc.lock and metrics after dvc repro)"
+        )
     if exact:
         committed, current = (lock_outputs(lock, stage) for lock in locks)
         changed = sorted(p for p in set(committed) | set(current) if committed.get(p) != current.get(p))
@@ -261,13 +277,20 @@ def _check_quality(cfg: GateConfig, baseline: str, base_dir: Path) -> tuple[bool
         return False, f"FAIL {'quality':12s} {where}: missing (committed {base_v}, run {run_v})"
     floor = base_v - cfg.margin
     good = run_v >= floor
-    return good, (f"{'ok  ' if good else 'FAIL'} {'quality':12s} {where} = {run_v:.4f} "
-                  f"(committed {base_v:.4f}, floor {floor:.4f})")
+    return good, (
+        f"{'ok  ' if good else 'FAIL'} {'quality':12s} {where} = {run_v:.4f} "
+        f"(committed {base_v:.4f}, floor {floor:.4f})"
+    )
 
 
-def gate(dvcfile: str | Path = "dvc.yaml", baseline: str = "HEAD", repro: bool = True,
-         config: str | Path | None = None, metric: str | None = None,
-         margin: float | None = None) -> tuple[bool, list[str]]:
+def gate(
+    dvcfile: str | Path = "dvc.yaml",
+    baseline: str = "HEAD",
+    repro: bool = True,
+    config: str | Path | None = None,
+    metric: str | None = None,
+    margin: float | None = None,
+) -> tuple[bool, list[str]]:
     """Check one pipeline against ``baseline``; returns (passed, report lines).
 
     ``config`` defaults to the ``gate.yaml`` beside ``dvcfile``; ``metric`` (``FILE:KEY``, FILE
@@ -284,12 +307,16 @@ def gate(dvcfile: str | Path = "dvc.yaml", baseline: str = "HEAD", repro: bool =
         stages = pipeline_stages(dvcfile)
         unlisted = sorted(set(stages) - set(cfg.exact) - set(cfg.tolerance))
         if unlisted:
-            raise GateError(f"{cfg.path}: stage(s) {', '.join(unlisted)} of {dvcfile.name} have no rule; "
-                            "list each under exact or tolerance")
+            raise GateError(
+                f"{cfg.path}: stage(s) {', '.join(unlisted)} of {dvcfile.name} have no rule; "
+                "list each under exact or tolerance"
+            )
         lock_file = base_dir / "dvc.lock"
         base_lock = committed_text(lock_file, baseline)
-        locks = (yaml.safe_load(base_lock) if base_lock else None,
-                 yaml.safe_load(lock_file.read_text()) if lock_file.is_file() else None)
+        locks = (
+            yaml.safe_load(base_lock) if base_lock else None,
+            yaml.safe_load(lock_file.read_text()) if lock_file.is_file() else None,
+        )
         results += [_check_stage(name, files, cfg, baseline, base_dir, locks) for name, files in stages.items()]
     results.append(_check_quality(cfg, baseline, base_dir))
     return all(ok for ok, _ in results), [line for _, line in results]

@@ -37,8 +37,12 @@ import errno
 import logging
 import os
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +106,7 @@ def error_reason(exc: BaseException, path) -> str:
     return f"cannot decode: {type(exc).__name__}: {text}" if text else f"cannot decode: {type(exc).__name__}"
 
 
-def load_image(path) -> "Image.Image":
+def load_image(path) -> Image.Image:
     """The image at ``path`` as an 8-bit RGB ``PIL.Image`` (rules in the module docstring).
 
     Raises :class:`ImageLoadError` naming the file and the reason for anything unreadable.
@@ -116,20 +120,20 @@ def load_image(path) -> "Image.Image":
                 im.load()
                 try:
                     im = ImageOps.exif_transpose(im)
-                except Exception as exc:  # noqa: BLE001 - a broken EXIF block must not lose the pixels
+                except Exception as exc:
                     log.warning("%s: EXIF orientation unreadable (%s); used as stored", display_path(path), exc)
                 return to_rgb(im)
     except ImageLoadError:
         raise
     except MemoryError:
         raise
-    except Exception as exc:  # noqa: BLE001 - decoders raise many types; all become one clear error
+    except Exception as exc:
         if isinstance(exc, Image.DecompressionBombWarning):
             exc = Image.DecompressionBombError(str(exc))
         raise ImageLoadError(path, error_reason(exc, path)) from exc
 
 
-def to_rgb(im) -> "Image.Image":
+def to_rgb(im) -> Image.Image:
     """A PIL image of any supported mode as 8-bit RGB: deep modes scaled, alpha on white."""
     from PIL import Image
 
@@ -144,7 +148,9 @@ def to_rgb(im) -> "Image.Image":
     try:
         return im.convert("RGB")
     except (ValueError, OSError) as exc:
-        raise ImageLoadError(getattr(im, "filename", "") or "<image>", f"cannot convert mode {mode} to RGB ({exc})") from exc
+        raise ImageLoadError(
+            getattr(im, "filename", "") or "<image>", f"cannot convert mode {mode} to RGB ({exc})"
+        ) from exc
 
 
 def _deep_to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
@@ -157,7 +163,7 @@ def _deep_to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
     return np.clip(np.rint(a), 0, 255).astype(np.uint8)
 
 
-def array_to_rgb(arr: np.ndarray) -> "Image.Image":
+def array_to_rgb(arr: np.ndarray) -> Image.Image:
     """A numpy image (HxW, HxWx1/3/4) as 8-bit RGB: uint8 as is, uint16 / 65535, float as [0, 1].
 
     Four channels are RGBA (composited on white like files); other integer types are read as
@@ -207,7 +213,7 @@ def conversion_issues(im) -> list[str]:
     return issues
 
 
-def check_image(path) -> tuple["Image.Image", list[str]]:
+def check_image(path) -> tuple[Image.Image, list[str]]:
     """Open and fully decode ``path`` for validation: (the raw loaded image, its conversion issues).
 
     The image is returned in its own mode (call :func:`to_rgb` to convert it); read errors are
@@ -225,7 +231,7 @@ def check_image(path) -> tuple["Image.Image", list[str]]:
                 return im.copy(), issues
     except MemoryError:
         raise
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         if isinstance(exc, Image.DecompressionBombWarning):
             exc = Image.DecompressionBombError(str(exc))
         raise ImageLoadError(path, error_reason(exc, path)) from exc

@@ -187,13 +187,22 @@ def gaussian_soft_labels(
     with np.errstate(all="ignore"):
         for start in range(0, m.size, BLOCK_ROWS):
             rows = slice(start, start + BLOCK_ROWS)
-            _soft_block(m[rows], s[rows], density, std_min, max_mean_error, renormalise,
-                        levels[:, rows], fallback[rows])
+            _soft_block(
+                m[rows], s[rows], density, std_min, max_mean_error, renormalise, levels[:, rows], fallback[rows]
+            )
     return levels.T.reshape(shape + (5,)), fallback.reshape(shape)
 
 
-def _soft_block(m: np.ndarray, s: np.ndarray, density: str, std_min: float, max_mean_error: float,
-                renormalise: bool, q: np.ndarray, fallback: np.ndarray) -> None:
+def _soft_block(
+    m: np.ndarray,
+    s: np.ndarray,
+    density: str,
+    std_min: float,
+    max_mean_error: float,
+    renormalise: bool,
+    q: np.ndarray,
+    fallback: np.ndarray,
+) -> None:
     """Soft labels of one block of n rows, written into ``q`` (5, n) and ``fallback`` (n,).
 
     Works level-major, in place, on blocks small enough to keep every temporary in the CPU cache.
@@ -421,15 +430,22 @@ def dataset_metrics(manifest: pd.DataFrame, config: Any = None) -> dict[str, dic
     m, s = normalised_scores(manifest)
     datasets = manifest["dataset"].astype(str).to_numpy()
     return {
-        name: discretisation_metrics(m[datasets == name], s[datasets == name], config)
-        for name in sorted(set(datasets))
+        name: discretisation_metrics(m[datasets == name], s[datasets == name], config) for name in sorted(set(datasets))
     }
 
 
 def format_metrics(metrics: dict[str, dict[str, Any]], kind: str = "soft") -> str:
     """The discretisation table of :func:`dataset_metrics` as aligned text."""
-    headers = ["dataset", "images", f"mean err {kind}", "mean err one-hot",
-               f"std err {kind}", "std err one-hot", f"JS {kind}", "fallbacks"]
+    headers = [
+        "dataset",
+        "images",
+        f"mean err {kind}",
+        "mean err one-hot",
+        f"std err {kind}",
+        "std err one-hot",
+        f"JS {kind}",
+        "fallbacks",
+    ]
     keys = ["n", "mean_error", "onehot_mean_error", "std_error", "onehot_std_error", "js", "fallbacks"]
 
     def cell(key: str, value: Any) -> str:
@@ -441,16 +457,22 @@ def format_metrics(metrics: dict[str, dict[str, Any]], kind: str = "soft") -> st
 
     rows = [[name] + [cell(k, row[k]) for k in keys] for name, row in metrics.items()]
     widths = [max(len(r[i]) for r in [headers] + rows) for i in range(len(headers))]
-    lines = ["  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(r, widths)))
-             for r in [headers] + rows]
+    lines = [
+        "  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(r, widths, strict=False)))
+        for r in [headers] + rows
+    ]
     for name, row in metrics.items():
         if row["std_error"] is None and kind == "soft":
-            lines.append(f"{name}: no std in the file, so every image gets the binary label "
-                         "(the mean is kept exactly, the spread is not known).")
+            lines.append(
+                f"{name}: no std in the file, so every image gets the binary label "
+                "(the mean is kept exactly, the spread is not known)."
+            )
         elif row["mean_error"] and row["onehot_mean_error"] and kind != "onehot":
             ratio = row["onehot_mean_error"] / row["mean_error"]
-            lines.append(f"{name}: one-hot labels lose {ratio:.0f}x more of the mean score than "
-                         f"{kind} labels ({row['onehot_mean_error']:.3f} against {row['mean_error']:.4f}).")
+            lines.append(
+                f"{name}: one-hot labels lose {ratio:.0f}x more of the mean score than "
+                f"{kind} labels ({row['onehot_mean_error']:.3f} against {row['mean_error']:.4f})."
+            )
     return "\n".join(lines)
 
 
@@ -459,8 +481,7 @@ def format_metrics(metrics: dict[str, dict[str, Any]], kind: str = "soft") -> st
 # --------------------------------------------------------------------------------------------
 def read_manifest(path: str | Path) -> pd.DataFrame:
     """Read a manifest or label CSV (:data:`deqa.schema.MANIFEST_COLUMNS`), strings kept as text."""
-    frame = pd.read_csv(path, dtype={"image": str, "root": str, "dataset": str, "split": str},
-                        keep_default_na=True)
+    frame = pd.read_csv(path, dtype={"image": str, "root": str, "dataset": str, "split": str}, keep_default_na=True)
     check_columns(frame, MANIFEST_COLUMNS, what=str(path))
     for column in ("root", "split"):
         frame[column] = frame[column].fillna("")
@@ -505,6 +526,8 @@ def load_label_file(path: str | Path, format: str | None = None, **importer_opti
             "pass a manifest CSV with columns " + ", ".join(MANIFEST_COLUMNS)
         ) from None
     if fmt is None:
-        raise ValueError(f"{path}: cannot tell the format from its name and columns; pass --format "
-                         f"(one of: manifest, {', '.join(importers.FORMATS)})")
+        raise ValueError(
+            f"{path}: cannot tell the format from its name and columns; pass --format "
+            f"(one of: manifest, {', '.join(importers.FORMATS)})"
+        )
     return importers.import_labels(str(path), fmt, **importer_options)

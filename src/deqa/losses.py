@@ -42,8 +42,9 @@ def score_from_probs(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mu, var.clamp_min(0).sqrt()
 
 
-def read_scores(logits: torch.Tensor, level_pos: torch.Tensor,
-                level_ids: list[int] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def read_scores(
+    logits: torch.Tensor, level_pos: torch.Tensor, level_ids: list[int] | torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Level probabilities (float64), score and predicted std read at each row's level position.
 
     ``logits`` is ``(N, L, V)``, ``level_pos`` ``(N,)``; returns ``(probs (N, 5), mu (N,), sigma (N,))``.
@@ -63,8 +64,7 @@ def answer_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return loss.sum(-1) / count
 
 
-def level_kl(logits_at_level: torch.Tensor, level_ids: list[int] | torch.Tensor,
-             target: torch.Tensor) -> torch.Tensor:
+def level_kl(logits_at_level: torch.Tensor, level_ids: list[int] | torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per-sample ``KL(t ‖ softmax(logits))`` with ``t`` the soft label on the level ids: ``(N,)``.
 
     Levels with zero target mass contribute nothing (``0·log 0 = 0``).
@@ -79,9 +79,16 @@ def _phi(x: torch.Tensor) -> torch.Tensor:
     return 0.5 * (1 + torch.erf(x / math.sqrt(2)))
 
 
-def fidelity_loss(mu_a: torch.Tensor, mu_b: torch.Tensor, m_a: torch.Tensor, m_b: torch.Tensor,
-                  s_a: torch.Tensor | None = None, s_b: torch.Tensor | None = None,
-                  sigma_a: torch.Tensor | None = None, sigma_b: torch.Tensor | None = None) -> torch.Tensor:
+def fidelity_loss(
+    mu_a: torch.Tensor,
+    mu_b: torch.Tensor,
+    m_a: torch.Tensor,
+    m_b: torch.Tensor,
+    s_a: torch.Tensor | None = None,
+    s_b: torch.Tensor | None = None,
+    sigma_a: torch.Tensor | None = None,
+    sigma_b: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Batch-mean fidelity loss between predicted and ground-truth pair preferences.
 
     Ground truth ``P = Φ((m_A − m_B)/sqrt(s_A² + s_B²))``, or ``1[m_A > m_B]`` without std (or when
@@ -98,15 +105,24 @@ def fidelity_loss(mu_a: torch.Tensor, mu_b: torch.Tensor, m_a: torch.Tensor, m_b
     if sigma_a is None or sigma_b is None:
         p_hat = _phi((mu_a - mu_b) / math.sqrt(2))
     else:
-        p_hat = _phi((mu_a - mu_b) / (sigma_a ** 2 + sigma_b ** 2).clamp_min(1e-12).sqrt())
+        p_hat = _phi((mu_a - mu_b) / (sigma_a**2 + sigma_b**2).clamp_min(1e-12).sqrt())
     loss = 1 - torch.sqrt(p * p_hat + 1e-8) - torch.sqrt((1 - p) * (1 - p_hat) + 1e-8)
     return loss.mean()
 
 
-def deqa_loss(logits: torch.Tensor, labels: torch.Tensor, level_pos: torch.Tensor,
-              level_ids: list[int], target: torch.Tensor, m: torch.Tensor, s: torch.Tensor | None,
-              kl_weight: float = 1.0, token_weight: float = 0.05, fidelity_weight: float = 1.0,
-              fidelity_sigma: str = "fixed") -> dict[str, torch.Tensor]:
+def deqa_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    level_pos: torch.Tensor,
+    level_ids: list[int],
+    target: torch.Tensor,
+    m: torch.Tensor,
+    s: torch.Tensor | None,
+    kl_weight: float = 1.0,
+    token_weight: float = 0.05,
+    fidelity_weight: float = 1.0,
+    fidelity_sigma: str = "fixed",
+) -> dict[str, torch.Tensor]:
     """The DeQA total loss for a batch ``[A_1..A_B, B_1..B_B]`` of ``2B`` sequences.
 
     Returns a dict with ``loss`` (to backpropagate) and the detached components ``ce``, ``kl``,

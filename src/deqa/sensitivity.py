@@ -72,7 +72,7 @@ def dead_leaves(size: int, rng: np.random.Generator) -> np.ndarray:
     r_min, r_max = big / 100, big / 5
     for _ in range(600):
         u = rng.uniform()  # radius density ~ r^-3 between r_min and r_max
-        r = (r_min ** -2 - u * (r_min ** -2 - r_max ** -2)) ** -0.5
+        r = (r_min**-2 - u * (r_min**-2 - r_max**-2)) ** -0.5
         x, y = rng.uniform(-r, big + r, 2)
         draw.ellipse([x - r, y - r, x + r, y + r], fill=_colour(rng))
     return _downsample(img, size)
@@ -108,7 +108,7 @@ def _fractal_1d(n: int, rng: np.random.Generator, beta: float = 2.0) -> np.ndarr
 
 def _fractal_2d(n: int, rng: np.random.Generator, beta: float) -> np.ndarray:
     fy, fx = np.fft.fftfreq(n)[:, None], np.fft.rfftfreq(n)[None, :]
-    f = np.sqrt(fx ** 2 + fy ** 2)
+    f = np.sqrt(fx**2 + fy**2)
     amp = np.where(f > 0, f.clip(1e-9) ** (-beta / 2), 0.0)
     field = np.fft.irfft2(amp * np.exp(2j * np.pi * rng.uniform(size=amp.shape)), s=(n, n))
     return (field - field.mean()) / max(field.std(), 1e-12)
@@ -156,14 +156,13 @@ def text_page(size: int, rng: np.random.Generator) -> np.ndarray:
     while y < big * 0.95:
         px = int(rng.integers(big // 28, big // 10))
         font = ImageFont.load_default(size=px)
-        words = [''.join(rng.choice(letters, int(rng.integers(2, 10)))) for _ in range(int(rng.integers(3, 12)))]
+        words = ["".join(rng.choice(letters, int(rng.integers(2, 10)))) for _ in range(int(rng.integers(3, 12)))]
         draw.text((rng.uniform(0.02, 0.1) * big, y), " ".join(words), fill=_colour(rng, 0, 90), font=font)
         y += px * rng.uniform(1.3, 2.0)
     return _downsample(img, size)
 
 
-SCENES = {"dead_leaves": dead_leaves, "shapes": shapes, "landscape": landscape, "texture": texture,
-          "text": text_page}
+SCENES = {"dead_leaves": dead_leaves, "shapes": shapes, "landscape": landscape, "texture": texture, "text": text_page}
 
 
 def package_image(name: str, size: int) -> np.ndarray:
@@ -191,8 +190,9 @@ def package_image(name: str, size: int) -> np.ndarray:
     return np.asarray(img.resize((size, size), Image.Resampling.LANCZOS))
 
 
-def contents(image_size: int, scenes_per_kind: int, seed: int = 0, kinds=SCENE_KINDS,
-             photos=PACKAGE_IMAGES) -> dict[str, np.ndarray]:
+def contents(
+    image_size: int, scenes_per_kind: int, seed: int = 0, kinds=SCENE_KINDS, photos=PACKAGE_IMAGES
+) -> dict[str, np.ndarray]:
     """Content name -> clean uint8 RGB image: ``scenes_per_kind`` seeded scenes of each kind,
     then the package images."""
     unknown = [k for k in kinds if k not in SCENES]
@@ -213,9 +213,18 @@ def nominal_mos(severity: np.ndarray | int, severities: int) -> np.ndarray:
     return 1.0 + 4.0 * (1.0 - np.asarray(severity, dtype=float) / severities)
 
 
-def generate_sensitivity_set(out_dir: str | Path, *, image_size: int = 224, scenes_per_kind: int = 4,
-                             severities: int = 5, distortions=DEFAULT_DISTORTIONS, kinds=SCENE_KINDS,
-                             photos=PACKAGE_IMAGES, seed: int = 0, split: str = "test") -> Path:
+def generate_sensitivity_set(
+    out_dir: str | Path,
+    *,
+    image_size: int = 224,
+    scenes_per_kind: int = 4,
+    severities: int = 5,
+    distortions=DEFAULT_DISTORTIONS,
+    kinds=SCENE_KINDS,
+    photos=PACKAGE_IMAGES,
+    seed: int = 0,
+    split: str = "test",
+) -> Path:
     """Write ``images/*.png`` and ``labels.csv`` under ``out_dir``; returns the label file.
 
     Every content appears pristine (severity 0) and at severities 1..``severities`` of every
@@ -226,8 +235,10 @@ def generate_sensitivity_set(out_dir: str | Path, *, image_size: int = 224, scen
     if unknown:
         raise SyntheticError(f"sensitivity distortions: unknown {unknown}; known: {', '.join(DISTORTIONS)}")
     if image_size < 32 or severities < 1 or scenes_per_kind < 0:
-        raise SyntheticError(f"sensitivity set: need image_size >= 32, severities >= 1, scenes_per_kind >= 0; "
-                             f"got {image_size}, {severities}, {scenes_per_kind}")
+        raise SyntheticError(
+            f"sensitivity set: need image_size >= 32, severities >= 1, scenes_per_kind >= 0; "
+            f"got {image_size}, {severities}, {scenes_per_kind}"
+        )
     out_dir = Path(out_dir)
     images = out_dir / "images"
     if images.exists():
@@ -244,7 +255,8 @@ def generate_sensitivity_set(out_dir: str | Path, *, image_size: int = 224, scen
             for s in range(1, severities + 1):
                 file = f"images/{name}_{dname}_{s}.png"
                 Image.fromarray(to_uint8(dist.fn(base, dist.level(s, severities), rng))).save(
-                    out_dir / file, compress_level=1)
+                    out_dir / file, compress_level=1
+                )
                 rows.append((file, name, dname, s))
     df = pd.DataFrame(rows, columns=["image", "content", "distortion", "severity"])
     df.insert(1, "mos", nominal_mos(df["severity"].to_numpy(), severities))

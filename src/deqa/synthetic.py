@@ -41,8 +41,17 @@ import pandas as pd
 from PIL import Image
 
 BASE_PHOTOS = (
-    "astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry",
-    "motorcycle_left", "motorcycle_right", "china", "flower", "grace_hopper",
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "motorcycle_left",
+    "motorcycle_right",
+    "china",
+    "flower",
+    "grace_hopper",
 )
 """The default content: 11 natural photos shipped with scikit-image, scikit-learn, matplotlib."""
 
@@ -96,11 +105,11 @@ def random_crops(photo: np.ndarray, n: int, size: int, rng: np.random.Generator)
     short = min(h, w)
     crops = []
     for _ in range(n):
-        side = int(round(rng.uniform(0.35, 0.8) * short))
+        side = round(rng.uniform(0.35, 0.8) * short)
         side = min(max(side, min(size, short)), short)
         top = int(rng.integers(0, h - side + 1))
         left = int(rng.integers(0, w - side + 1))
-        crop = Image.fromarray(photo[top:top + side, left:left + side])
+        crop = Image.fromarray(photo[top : top + side, left : left + side])
         crops.append(np.asarray(crop.resize((size, size), Image.Resampling.LANCZOS)))
     return crops
 
@@ -132,7 +141,7 @@ def _contrast(img, factor, rng):
 
 def _pixelation(img, block, rng):
     size = img.shape[0]
-    small = max(1, int(round(size / block)))
+    small = max(1, round(size / block))
     pil = Image.fromarray(to_uint8(img)).resize((small, small), Image.Resampling.BOX)
     return np.asarray(pil.resize((size, size), Image.Resampling.NEAREST), dtype=np.float32) / 255.0
 
@@ -146,7 +155,7 @@ def _motion_blur(img, length, rng):
     c = length // 2
     dx, dy = np.cos(angle) * c, np.sin(angle) * c
     kernel = np.zeros((2 * c + 1, 2 * c + 1), np.float32)
-    rr, cc = line(int(round(c - dy)), int(round(c - dx)), int(round(c + dy)), int(round(c + dx)))
+    rr, cc = line(round(c - dy), round(c - dx), round(c + dy), round(c + dx))
     kernel[rr, cc] = 1.0
     kernel /= kernel.sum()
     padded = np.pad(img, ((c, c), (c, c), (0, 0)), mode="reflect")
@@ -216,8 +225,16 @@ def latent_quality(p0: float, table: float, ssim: float) -> float:
 
 # How much raters disagree about each kind of impairment (added to the image's ambiguity):
 # contrast and colour changes are partly a matter of taste, noise and blur much less so.
-DISAGREEMENT = {"pristine": 0.0, "gaussian_blur": 0.1, "gaussian_noise": 0.0, "jpeg": 0.1, "contrast": 0.45,
-                "pixelation": 0.2, "motion_blur": 0.1, "saturation": 0.45}
+DISAGREEMENT = {
+    "pristine": 0.0,
+    "gaussian_blur": 0.1,
+    "gaussian_noise": 0.0,
+    "jpeg": 0.1,
+    "contrast": 0.45,
+    "pixelation": 0.2,
+    "motion_blur": 0.1,
+    "saturation": 0.45,
+}
 
 
 def ambiguity(quality: np.ndarray, distortion: np.ndarray) -> np.ndarray:
@@ -232,8 +249,7 @@ def ambiguity(quality: np.ndarray, distortion: np.ndarray) -> np.ndarray:
     return 0.6 + 0.5 * midness + extra
 
 
-def rate(quality: np.ndarray, raters: int, rng: np.random.Generator,
-         scale: np.ndarray | None = None) -> np.ndarray:
+def rate(quality: np.ndarray, raters: int, rng: np.random.Generator, scale: np.ndarray | None = None) -> np.ndarray:
     """Integer 1-5 votes (images x raters) of a panel with per-rater bias and noise.
 
     ``scale`` (per image, default 1) multiplies every rater's noise on that image.
@@ -271,7 +287,9 @@ def photo_splits(cfg) -> dict[str, str]:
     for group, names in (("val_photos", cfg.val_photos), ("test_photos", cfg.test_photos)):
         unknown = [p for p in names if p not in BASE_PHOTOS]
         if unknown:
-            raise SyntheticError(f"prepare.synthetic.{group}: unknown photo(s) {unknown}; known: {', '.join(BASE_PHOTOS)}")
+            raise SyntheticError(
+                f"prepare.synthetic.{group}: unknown photo(s) {unknown}; known: {', '.join(BASE_PHOTOS)}"
+            )
     both = sorted(set(cfg.val_photos) & set(cfg.test_photos))
     if both:
         raise SyntheticError(f"photo(s) {both} are in both val_photos and test_photos")
@@ -323,7 +341,7 @@ def generate(cfg, out_dir: str | Path, seed: int = 0, progress: bool = True) -> 
             Image.fromarray(crop).save(images_dir / f"{stem}_pristine.png", compress_level=1)
             meta.append((f"{stem}_pristine.png", photo, ci, "pristine", 0, 1.0, p0, split))
             base = crop.astype(np.float32) / 255.0
-            for di, dname in enumerate(cfg.distortions):
+            for _di, dname in enumerate(cfg.distortions):
                 dist = DISTORTIONS[dname]
                 rng = np.random.default_rng([seed, photo_id, ci, zlib.crc32(dname.encode())])
                 for s in range(1, sev_n + 1):
@@ -335,11 +353,16 @@ def generate(cfg, out_dir: str | Path, seed: int = 0, progress: bool = True) -> 
                     meta.append((name, photo, ci, dname, s, ssim, q, split))
             bar.update(1)
     bar.close()
-    meta_df = pd.DataFrame(meta, columns=["image_name", "photo", "crop", "distortion", "severity",
-                                          "ssim", "quality", "split"])
+    meta_df = pd.DataFrame(
+        meta, columns=["image_name", "photo", "crop", "distortion", "severity", "ssim", "quality", "split"]
+    )
     meta_df["ambiguity"] = ambiguity(meta_df["quality"].to_numpy(), meta_df["distortion"].to_numpy())
-    votes = rate(meta_df["quality"].to_numpy(), cfg.raters, np.random.default_rng([seed, 0x5EED]),
-                 scale=meta_df["ambiguity"].to_numpy())
+    votes = rate(
+        meta_df["quality"].to_numpy(),
+        cfg.raters,
+        np.random.default_rng([seed, 0x5EED]),
+        scale=meta_df["ambiguity"].to_numpy(),
+    )
     table = koniq_table(votes)
     table.insert(0, "image_name", meta_df["image_name"])
     table["set"] = meta_df["split"].map({"train": "training", "val": "validation", "test": "test"})
@@ -362,8 +385,9 @@ class SourcePhoto:
     quality: float
 
 
-def photos_from_manifest(rows: pd.DataFrame, min_quality: float = 1.0, max_photos: int = 0,
-                         seed: int = 0) -> list[SourcePhoto]:
+def photos_from_manifest(
+    rows: pd.DataFrame, min_quality: float = 1.0, max_photos: int = 0, seed: int = 0
+) -> list[SourcePhoto]:
     """Pristine sources from manifest rows (``image``, ``root``, ``split``, ``mos``, ``lo``, ``hi``).
 
     A photo qualifies when its normalised MOS ``m = 4 (mos - lo)/(hi - lo) + 1`` is at least
@@ -383,20 +407,36 @@ def photos_from_manifest(rows: pd.DataFrame, min_quality: float = 1.0, max_photo
     if 0 < max_photos < len(keep):
         order = np.random.default_rng([seed, 0x9E0]).permutation(len(keep))
         keep = keep.iloc[np.sort(order[:max_photos])]
-    return [SourcePhoto(content=Path(str(r.image)).stem, path=Path(str(r.root)) / str(r.image),
-                        split=str(r.split), quality=float(r.m)) for r in keep.itertuples()]
+    return [
+        SourcePhoto(
+            content=Path(str(r.image)).stem,
+            path=Path(str(r.root)) / str(r.image),
+            split=str(r.split),
+            quality=float(r.m),
+        )
+        for r in keep.itertuples()
+    ]
 
 
-def photos_from_labels(labels: str | Path, format: str = "generic-csv", root: str | Path = "",
-                       lo: float | None = None, hi: float | None = None, min_quality: float = 1.0,
-                       max_photos: int = 0, seed: int = 0, val_fraction: float = 0.1,
-                       test_fraction: float = 0.1) -> list[SourcePhoto]:
+def photos_from_labels(
+    labels: str | Path,
+    format: str = "generic-csv",
+    root: str | Path = "",
+    lo: float | None = None,
+    hi: float | None = None,
+    min_quality: float = 1.0,
+    max_photos: int = 0,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+) -> list[SourcePhoto]:
     """:func:`photos_from_manifest` of a label file read as ``prepare`` reads it (same importer,
     same seeded split for the same ``seed`` and fractions)."""
     from deqa.importers import import_labels
 
-    rows = import_labels(labels, format, root=root, lo=lo, hi=hi, seed=seed, val_fraction=val_fraction,
-                         test_fraction=test_fraction)
+    rows = import_labels(
+        labels, format, root=root, lo=lo, hi=hi, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction
+    )
     return photos_from_manifest(rows, min_quality=min_quality, max_photos=max_photos, seed=seed)
 
 
@@ -411,11 +451,18 @@ def square_photo(path: str | Path, size: int) -> np.ndarray:
         return np.asarray(im.resize((size, size), Image.Resampling.LANCZOS))
 
 
-def generate_from_photos(photos: list[SourcePhoto], out_dir: str | Path, *, image_size: int = 224,
-                         distortions=("gaussian_blur", "gaussian_noise", "jpeg", "contrast", "pixelation",
-                                      "motion_blur"),
-                         severities: int = 5, distortions_per_photo: int = 0, raters: int = 25,
-                         seed: int = 0, progress: bool = True) -> Path:
+def generate_from_photos(
+    photos: list[SourcePhoto],
+    out_dir: str | Path,
+    *,
+    image_size: int = 224,
+    distortions=("gaussian_blur", "gaussian_noise", "jpeg", "contrast", "pixelation", "motion_blur"),
+    severities: int = 5,
+    distortions_per_photo: int = 0,
+    raters: int = 25,
+    seed: int = 0,
+    progress: bool = True,
+) -> Path:
     """Distorted versions of rated photos; writes ``images/*.png`` and ``labels.csv``, returns it.
 
     Each photo (its centre square at ``image_size``) appears pristine and under
@@ -453,8 +500,7 @@ def generate_from_photos(photos: list[SourcePhoto], out_dir: str | Path, *, imag
         clean = square_photo(photo.path, image_size)
         grey0 = _grey(clean)
         Image.fromarray(clean).save(images_dir / f"{photo.content}_pristine.png", compress_level=1)
-        meta.append((f"images/{photo.content}_pristine.png", photo.content, "pristine", 0, photo.split,
-                     photo.quality))
+        meta.append((f"images/{photo.content}_pristine.png", photo.content, "pristine", 0, photo.split, photo.quality))
         chosen = list(distortions)
         if distortions_per_photo:
             pick = np.random.default_rng([seed, pid, 0xD15]).permutation(len(chosen))[:distortions_per_photo]
@@ -468,15 +514,36 @@ def generate_from_photos(photos: list[SourcePhoto], out_dir: str | Path, *, imag
                 ssim = float(structural_similarity(_grey(out), grey0, data_range=1.0))
                 name = f"images/{photo.content}_{dname}_{s}.png"
                 Image.fromarray(out).save(out_dir / name, compress_level=1)
-                meta.append((name, photo.content, dname, s, photo.split,
-                             latent_quality(photo.quality, dist.table(s, severities), ssim)))
+                meta.append(
+                    (
+                        name,
+                        photo.content,
+                        dname,
+                        s,
+                        photo.split,
+                        latent_quality(photo.quality, dist.table(s, severities), ssim),
+                    )
+                )
     df = pd.DataFrame(meta, columns=["image", "content", "distortion", "severity", "split", "quality"])
-    votes = rate(df["quality"].to_numpy(), raters, np.random.default_rng([seed, 0x5EED, 0xF0]),
-                 scale=ambiguity(df["quality"].to_numpy(), df["distortion"].to_numpy()))
+    votes = rate(
+        df["quality"].to_numpy(),
+        raters,
+        np.random.default_rng([seed, 0x5EED, 0xF0]),
+        scale=ambiguity(df["quality"].to_numpy(), df["distortion"].to_numpy()),
+    )
     table = koniq_table(votes)
-    labels = pd.DataFrame({"image": df["image"], "mos": table["MOS"], "std": table["SD"],
-                           "n_votes": raters, "split": df["split"], "content": df["content"],
-                           "distortion": df["distortion"], "severity": df["severity"]})
+    labels = pd.DataFrame(
+        {
+            "image": df["image"],
+            "mos": table["MOS"],
+            "std": table["SD"],
+            "n_votes": raters,
+            "split": df["split"],
+            "content": df["content"],
+            "distortion": df["distortion"],
+            "severity": df["severity"],
+        }
+    )
     path = out_dir / "labels.csv"
     labels.to_csv(path, index=False, float_format="%.10g")
     df.to_csv(out_dir / "quality.csv", index=False, float_format="%.10g")

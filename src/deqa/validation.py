@@ -34,9 +34,10 @@ import os
 import re
 import stat
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -91,8 +92,14 @@ def check_image(path: Path, min_side: int, max_pixels: int) -> dict:
     Never raises. ``_convert_check`` is ``"ok"`` or why the image cannot be converted to 8-bit
     RGB faithfully (:func:`deqa.images.conversion_issues`); None when it did not decode.
     """
-    facts = {"_file_check": "ok", "_width": np.nan, "_height": np.nan, "_pixels": np.nan, "_sha1": None,
-             "_convert_check": None}
+    facts = {
+        "_file_check": "ok",
+        "_width": np.nan,
+        "_height": np.nan,
+        "_pixels": np.nan,
+        "_sha1": None,
+        "_convert_check": None,
+    }
     try:
         st = os.stat(path)
     except (OSError, ValueError) as exc:
@@ -132,7 +139,7 @@ def check_image(path: Path, min_side: int, max_pixels: int) -> dict:
         facts["_file_check"] = "not an image: Pillow cannot identify the file format"
     except MemoryError:
         raise
-    except Exception as exc:  # noqa: BLE001 - decoders raise many types; each is a row's reason
+    except Exception as exc:
         text = " ".join(str(exc).split()) or type(exc).__name__
         kind = "truncated image" if "truncated" in text.lower() else "decode error"
         facts["_file_check"] = f"{kind}: {text}"
@@ -150,22 +157,37 @@ def file_facts(df: pd.DataFrame, min_side: int, max_pixels: int, progress: bool 
     try:
         images = df["image"] if "image" in df.columns else pd.Series([None] * len(df))
         roots = df["root"] if "root" in df.columns else pd.Series([""] * len(df))
-        for image, root in tqdm(zip(images, roots), total=len(df), desc="checking images",
-                                unit="img", disable=not progress, mininterval=1.0):
+        for image, root in tqdm(
+            zip(images, roots, strict=False),
+            total=len(df),
+            desc="checking images",
+            unit="img",
+            disable=not progress,
+            mininterval=1.0,
+        ):
             try:
                 status, path = check_path(image, root, cache)
                 facts = check_image(path, min_side, max_pixels) if path is not None else None
-            except Exception as exc:  # noqa: BLE001 - one row's failure never aborts the run
+            except Exception as exc:
                 status, path, facts = f"cannot check the path: {type(exc).__name__}: {exc}", None, None
             if facts is None:
-                facts = {"_file_check": "not checked (unsafe path)", "_width": np.nan, "_height": np.nan,
-                         "_pixels": np.nan, "_sha1": None, "_convert_check": None}
+                facts = {
+                    "_file_check": "not checked (unsafe path)",
+                    "_width": np.nan,
+                    "_height": np.nan,
+                    "_pixels": np.nan,
+                    "_sha1": None,
+                    "_convert_check": None,
+                }
             facts["_path_check"] = status
             rows.append(facts)
     finally:
         Image.MAX_IMAGE_PIXELS = old
-    out = pd.DataFrame(rows, index=df.index, columns=["_path_check", "_file_check", "_width",
-                                                       "_height", "_pixels", "_sha1", "_convert_check"])
+    out = pd.DataFrame(
+        rows,
+        index=df.index,
+        columns=["_path_check", "_file_check", "_width", "_height", "_pixels", "_sha1", "_convert_check"],
+    )
     out["_min_side"] = np.fmin(out["_width"].astype(float), out["_height"].astype(float))
     return out
 
@@ -205,8 +227,10 @@ def build_frame(df: pd.DataFrame, min_side: int, max_pixels: int, progress: bool
             if text in frame.columns:  # the importer's record of a value that is not a number
                 values = frame[text].astype(object).where(frame[text].notna() & (frame[text] != ""), values)
             frame[col] = values.map(_number_or_text).astype(object)
-    num = {c: (_numeric(frame[c]) if c in frame.columns else pd.Series(np.nan, index=frame.index))
-           for c in NUMERIC_COLUMNS + VOTE_COLUMNS}
+    num = {
+        c: (_numeric(frame[c]) if c in frame.columns else pd.Series(np.nan, index=frame.index))
+        for c in NUMERIC_COLUMNS + VOTE_COLUMNS
+    }
     for c in NUMERIC_COLUMNS:
         frame[f"_{c}"] = num[c]
     span = num["hi"] - num["lo"]
@@ -226,8 +250,10 @@ def build_frame(df: pd.DataFrame, min_side: int, max_pixels: int, progress: bool
         frame["_votes_std_gap"] = np.abs(num["std"].to_numpy() - np.sqrt(var))
         frame["_votes_n_gap"] = np.abs(num["n_votes"].to_numpy() - n)
     frame = pd.concat([frame, file_facts(frame, min_side, max_pixels, progress)], axis=1)
-    key = [os.path.normpath(os.path.join(str(r), str(i))) for r, i in
-           zip(frame.get("root", [""] * len(frame)), frame.get("image", [""] * len(frame)))]
+    key = [
+        os.path.normpath(os.path.join(str(r), str(i)))
+        for r, i in zip(frame.get("root", [""] * len(frame)), frame.get("image", [""] * len(frame)), strict=False)
+    ]
     frame["_id"] = key
     if "split" in frame.columns:
         split = frame["split"].astype(object)
@@ -269,91 +295,223 @@ def build_suite(cfg, columns: list[str], required_splits: list[str]) -> list[Che
     E = gx.expectations
     tol = cfg.vote_tolerance
     checks = [
-        Check("columns", E.ExpectTableColumnsToMatchSet(column_set=MANIFEST_COLUMNS, exact_match=False),
-              "table", f"required columns present: {', '.join(MANIFEST_COLUMNS)}"),
-        Check("row_count", E.ExpectTableRowCountToBeBetween(min_value=cfg.min_rows), "table",
-              f"at least {cfg.min_rows} rows"),
+        Check(
+            "columns",
+            E.ExpectTableColumnsToMatchSet(column_set=MANIFEST_COLUMNS, exact_match=False),
+            "table",
+            f"required columns present: {', '.join(MANIFEST_COLUMNS)}",
+        ),
+        Check(
+            "row_count",
+            E.ExpectTableRowCountToBeBetween(min_value=cfg.min_rows),
+            "table",
+            f"at least {cfg.min_rows} rows",
+        ),
     ]
     if required_splits:
-        checks.append(Check("splits_not_empty", E.ExpectColumnDistinctValuesToContainSet(
-            column="split", value_set=list(required_splits)), "table",
-            f"no empty split: {', '.join(required_splits)} each have rows", needs=["split"]))
+        checks.append(
+            Check(
+                "splits_not_empty",
+                E.ExpectColumnDistinctValuesToContainSet(column="split", value_set=list(required_splits)),
+                "table",
+                f"no empty split: {', '.join(required_splits)} each have rows",
+                needs=["split"],
+            )
+        )
     if "_line_error" in columns:  # rows of a CSV read by deqa.importers with annotate=True
-        checks.append(Check("row_parses", E.ExpectColumnValuesToBeInSet(column="_line_error", value_set=[""]),
-                            "row", "the row has as many fields as the header", "_line_error",
-                            lambda v, r: str(v), needs=["_line_error"]))
+        checks.append(
+            Check(
+                "row_parses",
+                E.ExpectColumnValuesToBeInSet(column="_line_error", value_set=[""]),
+                "row",
+                "the row has as many fields as the header",
+                "_line_error",
+                lambda v, r: str(v),
+                needs=["_line_error"],
+            )
+        )
     for col in TEXT_COLUMNS:
-        checks.append(Check(f"type_{col}", E.ExpectColumnValuesToBeInTypeList(column=col, type_list=["str"]),
-                            "row", f"{col} is text", col, lambda v, r, c=col: f"{c} {v!r} is not text",
-                            needs=[col]))
+        checks.append(
+            Check(
+                f"type_{col}",
+                E.ExpectColumnValuesToBeInTypeList(column=col, type_list=["str"]),
+                "row",
+                f"{col} is text",
+                col,
+                lambda v, r, c=col: f"{c} {v!r} is not text",
+                needs=[col],
+            )
+        )
     for col in NUMERIC_COLUMNS:
-        checks.append(Check(f"type_{col}", E.ExpectColumnValuesToBeInTypeList(column=col, type_list=NUMBER_TYPES),
-                            "row", f"{col} is a number", col,
-                            lambda v, r, c=col: f"{c} {v!r} is not a number", needs=[col]))
+        checks.append(
+            Check(
+                f"type_{col}",
+                E.ExpectColumnValuesToBeInTypeList(column=col, type_list=NUMBER_TYPES),
+                "row",
+                f"{col} is a number",
+                col,
+                lambda v, r, c=col: f"{c} {v!r} is not a number",
+                needs=[col],
+            )
+        )
     for col in ["image", "root", "dataset", "split", "mos", "lo", "hi"]:
-        checks.append(Check(f"not_null_{col}", E.ExpectColumnValuesToNotBeNull(column=col), "row",
-                            f"{col} present", col,
-                            lambda v, r, c=col: f"{c} is missing (empty or NaN)", needs=[col]))
+        checks.append(
+            Check(
+                f"not_null_{col}",
+                E.ExpectColumnValuesToNotBeNull(column=col),
+                "row",
+                f"{col} present",
+                col,
+                lambda v, r, c=col: f"{c} is missing (empty or NaN)",
+                needs=[col],
+            )
+        )
     checks += [
-        Check("split_values", E.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS)), "row",
-              f"split is one of {', '.join(SPLITS)}", "split",
-              lambda v, r: f"split={v!r} is not one of {', '.join(SPLITS)}", needs=["split"]),
-        Check("bounds", E.ExpectColumnValuesToBeBetween(column="_span", min_value=0, strict_min=True,
-                                                        max_value=1e12), "row",
-              "normalisation bounds finite with lo < hi", "_span",
-              lambda v, r: f"bounds lo={r['_lo']}, hi={r['_hi']} are not finite with lo < hi",
-              needs=["lo", "hi"]),
-        Check("mos_in_scale", E.ExpectColumnValuesToBeBetween(column="_mos_norm", min_value=1 - 1e-9,
-                                                              max_value=5 + 1e-9), "row",
-              "MOS finite and within the dataset's scale [lo, hi]", "_mos",
-              lambda v, r: (f"mos={v} is not finite" if not np.isfinite(v) else
-                            f"mos={v} is outside the dataset's scale [{r['_lo']}, {r['_hi']}]"),
-              needs=["mos", "lo", "hi"]),
-        Check("std_non_negative", E.ExpectColumnValuesToBeBetween(column="_std", min_value=0), "row",
-              "std >= 0 where present", "_std", lambda v, r: f"std={v} is negative", needs=["std"]),
-        Check("std_in_scale", E.ExpectColumnValuesToBeBetween(column="_std_norm", max_value=4),
-              "row", "std finite and at most the scale's span hi - lo", "_std",
-              lambda v, r: (f"std={v} is not finite" if not np.isfinite(v) else
-                            f"std={v} exceeds the scale's span hi - lo = {r['_span']}"),
-              needs=["std", "lo", "hi"]),
-        Check("n_votes_positive", E.ExpectColumnValuesToBeBetween(column="_n_votes", min_value=1), "row",
-              "n_votes >= 1 where present", "_n_votes", lambda v, r: f"n_votes={v} is below 1",
-              needs=["n_votes"]),
+        Check(
+            "split_values",
+            E.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS)),
+            "row",
+            f"split is one of {', '.join(SPLITS)}",
+            "split",
+            lambda v, r: f"split={v!r} is not one of {', '.join(SPLITS)}",
+            needs=["split"],
+        ),
+        Check(
+            "bounds",
+            E.ExpectColumnValuesToBeBetween(column="_span", min_value=0, strict_min=True, max_value=1e12),
+            "row",
+            "normalisation bounds finite with lo < hi",
+            "_span",
+            lambda v, r: f"bounds lo={r['_lo']}, hi={r['_hi']} are not finite with lo < hi",
+            needs=["lo", "hi"],
+        ),
+        Check(
+            "mos_in_scale",
+            E.ExpectColumnValuesToBeBetween(column="_mos_norm", min_value=1 - 1e-9, max_value=5 + 1e-9),
+            "row",
+            "MOS finite and within the dataset's scale [lo, hi]",
+            "_mos",
+            lambda v, r: (
+                f"mos={v} is not finite"
+                if not np.isfinite(v)
+                else f"mos={v} is outside the dataset's scale [{r['_lo']}, {r['_hi']}]"
+            ),
+            needs=["mos", "lo", "hi"],
+        ),
+        Check(
+            "std_non_negative",
+            E.ExpectColumnValuesToBeBetween(column="_std", min_value=0),
+            "row",
+            "std >= 0 where present",
+            "_std",
+            lambda v, r: f"std={v} is negative",
+            needs=["std"],
+        ),
+        Check(
+            "std_in_scale",
+            E.ExpectColumnValuesToBeBetween(column="_std_norm", max_value=4),
+            "row",
+            "std finite and at most the scale's span hi - lo",
+            "_std",
+            lambda v, r: (
+                f"std={v} is not finite"
+                if not np.isfinite(v)
+                else f"std={v} exceeds the scale's span hi - lo = {r['_span']}"
+            ),
+            needs=["std", "lo", "hi"],
+        ),
+        Check(
+            "n_votes_positive",
+            E.ExpectColumnValuesToBeBetween(column="_n_votes", min_value=1),
+            "row",
+            "n_votes >= 1 where present",
+            "_n_votes",
+            lambda v, r: f"n_votes={v} is below 1",
+            needs=["n_votes"],
+        ),
     ]
     if all(c in columns for c in VOTE_COLUMNS):
         for what, col in (("mos", "_votes_mos_gap"), ("std", "_votes_std_gap"), ("n_votes", "_votes_n_gap")):
             limit = 0.5 if what == "n_votes" else tol
-            checks.append(Check(
-                f"{what}_matches_votes", E.ExpectColumnValuesToBeBetween(column=col, max_value=limit), "row",
-                f"{what} consistent with the vote counts c1..c5 (|gap| <= {limit})", col,
-                lambda v, r, w=what, lim=limit: (f"{w}={r['_' + w]} does not match the vote counts c1..c5 "
-                                                 f"(gap {v:.4g} > {lim})" if np.isfinite(v)
-                                                 else f"vote counts c1..c5 unusable for checking {w}"),
-                needs=[what, *VOTE_COLUMNS]))
+            checks.append(
+                Check(
+                    f"{what}_matches_votes",
+                    E.ExpectColumnValuesToBeBetween(column=col, max_value=limit),
+                    "row",
+                    f"{what} consistent with the vote counts c1..c5 (|gap| <= {limit})",
+                    col,
+                    lambda v, r, w=what, lim=limit: (
+                        f"{w}={r['_' + w]} does not match the vote counts c1..c5 (gap {v:.4g} > {lim})"
+                        if np.isfinite(v)
+                        else f"vote counts c1..c5 unusable for checking {w}"
+                    ),
+                    needs=[what, *VOTE_COLUMNS],
+                )
+            )
     checks += [
-        Check("unique_ids", E.ExpectColumnValuesToBeUnique(column="_id"), "row",
-              "unique image ids (root/image)", "image",
-              lambda v, r: f"duplicate image id {r['_id']}", needs=["image", "root"]),
-        Check("no_split_leak", E.ExpectColumnValuesToBeBetween(column="_n_splits", max_value=1), "row",
-              "no image (by path or by content) in two splits", "_splits_of_image",
-              lambda v, r: f"split leakage: the same image is in splits {v}", needs=["image", "root", "split"]),
-        Check("path_inside_root", E.ExpectColumnValuesToBeInSet(column="_path_check", value_set=["ok"]), "row",
-              "relative path that resolves inside the data root", "_path_check", lambda v, r: str(v),
-              needs=["image", "root"]),
-        Check("file_decodes", E.ExpectColumnValuesToBeInSet(column="_file_check", value_set=["ok"]), "row",
-              "file exists, is not empty, and decodes completely with Pillow", "_file_check",
-              lambda v, r: str(v), needs=["image", "root"]),
-        Check("file_converts", E.ExpectColumnValuesToBeInSet(column="_convert_check", value_set=["ok"]), "row",
-              "image converts to 8-bit RGB faithfully (float within [0, 1], one frame, known mode)",
-              "_convert_check", lambda v, r: str(v), needs=["image", "root"]),
-        Check("min_side", E.ExpectColumnValuesToBeBetween(column="_min_side", min_value=cfg.min_side), "row",
-              f"image at least {cfg.min_side} px on its short side", "_min_side",
-              lambda v, r: f"image too small: {int(r['_width'])}x{int(r['_height'])} px "
-                           f"(min side {cfg.min_side})", needs=["image", "root"]),
-        Check("max_pixels", E.ExpectColumnValuesToBeBetween(column="_pixels", max_value=cfg.max_pixels), "row",
-              f"at most {cfg.max_pixels} pixels (decompression-bomb guard)", "_pixels",
-              lambda v, r: f"decompression bomb: {int(v)} pixels > max_pixels {cfg.max_pixels}",
-              needs=["image", "root"]),
+        Check(
+            "unique_ids",
+            E.ExpectColumnValuesToBeUnique(column="_id"),
+            "row",
+            "unique image ids (root/image)",
+            "image",
+            lambda v, r: f"duplicate image id {r['_id']}",
+            needs=["image", "root"],
+        ),
+        Check(
+            "no_split_leak",
+            E.ExpectColumnValuesToBeBetween(column="_n_splits", max_value=1),
+            "row",
+            "no image (by path or by content) in two splits",
+            "_splits_of_image",
+            lambda v, r: f"split leakage: the same image is in splits {v}",
+            needs=["image", "root", "split"],
+        ),
+        Check(
+            "path_inside_root",
+            E.ExpectColumnValuesToBeInSet(column="_path_check", value_set=["ok"]),
+            "row",
+            "relative path that resolves inside the data root",
+            "_path_check",
+            lambda v, r: str(v),
+            needs=["image", "root"],
+        ),
+        Check(
+            "file_decodes",
+            E.ExpectColumnValuesToBeInSet(column="_file_check", value_set=["ok"]),
+            "row",
+            "file exists, is not empty, and decodes completely with Pillow",
+            "_file_check",
+            lambda v, r: str(v),
+            needs=["image", "root"],
+        ),
+        Check(
+            "file_converts",
+            E.ExpectColumnValuesToBeInSet(column="_convert_check", value_set=["ok"]),
+            "row",
+            "image converts to 8-bit RGB faithfully (float within [0, 1], one frame, known mode)",
+            "_convert_check",
+            lambda v, r: str(v),
+            needs=["image", "root"],
+        ),
+        Check(
+            "min_side",
+            E.ExpectColumnValuesToBeBetween(column="_min_side", min_value=cfg.min_side),
+            "row",
+            f"image at least {cfg.min_side} px on its short side",
+            "_min_side",
+            lambda v, r: f"image too small: {int(r['_width'])}x{int(r['_height'])} px (min side {cfg.min_side})",
+            needs=["image", "root"],
+        ),
+        Check(
+            "max_pixels",
+            E.ExpectColumnValuesToBeBetween(column="_pixels", max_value=cfg.max_pixels),
+            "row",
+            f"at most {cfg.max_pixels} pixels (decompression-bomb guard)",
+            "_pixels",
+            lambda v, r: f"decompression bomb: {int(v)} pixels > max_pixels {cfg.max_pixels}",
+            needs=["image", "root"],
+        ),
     ]
     for c in checks:
         c.expectation.description = c.description
@@ -412,15 +570,18 @@ def _jsonable(v: Any) -> Any:
 def _evaluate(frame: pd.DataFrame, checks: list[Check], columns: list[str]) -> tuple[list[dict], dict[int, list[str]]]:
     """Run the runnable checks; return report entries and row -> reasons."""
     runnable = [c for c in checks if all(n in columns for n in c.needs)]
-    results = dict(zip([c.name for c in runnable], run_gx(frame, runnable))) if runnable else {}
+    results = dict(zip([c.name for c in runnable], run_gx(frame, runnable), strict=False)) if runnable else {}
     entries, reasons = [], {}
     for c in checks:
-        entry = {"name": c.name, "expectation": type(c.expectation).__name__, "level": c.level,
-                 "description": c.description}
+        entry = {
+            "name": c.name,
+            "expectation": type(c.expectation).__name__,
+            "level": c.level,
+            "description": c.description,
+        }
         if c.name not in results:
             missing = [n for n in c.needs if n not in columns]
-            entry.update(success=False, skipped=f"required column(s) missing: {', '.join(missing)}",
-                         failing_rows=[])
+            entry.update(success=False, skipped=f"required column(s) missing: {', '.join(missing)}", failing_rows=[])
             entries.append(entry)
             continue
         res = results[c.name]
@@ -449,8 +610,11 @@ def _evaluate(frame: pd.DataFrame, checks: list[Check], columns: list[str]) -> t
                 except Exception:  # a reason text must never break the report
                     why = f"{c.description}: failed ({c.column}={value!r})"
                 image = row.get("image")
-                entry_row = {"row": int(i), "image": display_path(image) if isinstance(image, str) else _jsonable(image),
-                             "reason": why}
+                entry_row = {
+                    "row": int(i),
+                    "image": display_path(image) if isinstance(image, str) else _jsonable(image),
+                    "reason": why,
+                }
                 if "_line" in frame.columns and pd.notna(row.get("_line")):
                     entry_row["line"] = int(row["_line"])
                 failing.append(entry_row)
@@ -461,8 +625,9 @@ def _evaluate(frame: pd.DataFrame, checks: list[Check], columns: list[str]) -> t
     return entries, reasons
 
 
-def validate_manifest(df: pd.DataFrame, cfg, on_error: str | None = None,
-                      required_splits: list[str] | None = None, progress: bool = False) -> ValidationResult:
+def validate_manifest(
+    df: pd.DataFrame, cfg, on_error: str | None = None, required_splits: list[str] | None = None, progress: bool = False
+) -> ValidationResult:
     """Validate a manifest frame; ``cfg`` is a ``ValidateConfig``. Never raises on bad data.
 
     ``required_splits``: splits that must have rows (default: ``cfg.required_splits``; pass
@@ -495,8 +660,9 @@ def validate_manifest(df: pd.DataFrame, cfg, on_error: str | None = None,
 
     kept_entries = []
     if on_error == "quarantine" and not missing_cols:
-        table_checks = [c for c in build_suite(cfg, columns, required_splits)
-                        if c.level == "table" and c.name != "columns"]
+        table_checks = [
+            c for c in build_suite(cfg, columns, required_splits) if c.level == "table" and c.name != "columns"
+        ]
         kept_frame = frame.drop(index=bad_rows).reset_index(drop=True)
         kept_entries, _ = _evaluate(kept_frame, table_checks, columns)
 
@@ -544,11 +710,15 @@ def failure_message(report: dict, failed: list[dict], examples: int = 3, full_li
     When an expectation has more failing rows than ``examples``, the text says how many more and
     where all of them are (``full_list``, else :data:`FULL_LIST_HINT`).
     """
-    lines = [f"validation failed (on_error={report['on_error']}): {len(failed)} expectation(s) failed "
-             f"on {report['rows_in']} rows"]
+    lines = [
+        f"validation failed (on_error={report['on_error']}): {len(failed)} expectation(s) failed "
+        f"on {report['rows_in']} rows"
+    ]
     if report["missing_columns"]:
-        lines.append(f"  missing required column(s): {', '.join(report['missing_columns'])} "
-                     f"(expected columns: {', '.join(MANIFEST_COLUMNS)})")
+        lines.append(
+            f"  missing required column(s): {', '.join(report['missing_columns'])} "
+            f"(expected columns: {', '.join(MANIFEST_COLUMNS)})"
+        )
     for e in failed:
         if e.get("skipped"):
             continue
@@ -567,15 +737,20 @@ def failure_message(report: dict, failed: list[dict], examples: int = 3, full_li
 def summary(result: ValidationResult, full_list: str | None = None) -> str:
     """A short console summary: counts, one line per failed expectation, where the full list is."""
     r = result.report
-    head = (f"validate: {r['rows_in']} rows in, {r['kept']} kept, {r['quarantined']} quarantined "
-            f"(on_error={r['on_error']}) -> {'OK' if result.success else 'FAILED'}")
+    head = (
+        f"validate: {r['rows_in']} rows in, {r['kept']} kept, {r['quarantined']} quarantined "
+        f"(on_error={r['on_error']}) -> {'OK' if result.success else 'FAILED'}"
+    )
     entries = r["expectations"]
     lines = [head, f"  {sum(e['success'] for e in entries)}/{len(entries)} expectations passed on the input"]
     for e in entries:
         if not e["success"]:
-            what = e.get("skipped") or (f"{e.get('unexpected_count', 0)} row(s)" if e["level"] == "row"
-                                        else f"observed {e.get('observed')}")
-            example = f"; e.g. {e['failing_rows'][0]['image']}: {e['failing_rows'][0]['reason']}" if e["failing_rows"] else ""
+            what = e.get("skipped") or (
+                f"{e.get('unexpected_count', 0)} row(s)" if e["level"] == "row" else f"observed {e.get('observed')}"
+            )
+            example = (
+                f"; e.g. {e['failing_rows'][0]['image']}: {e['failing_rows'][0]['reason']}" if e["failing_rows"] else ""
+            )
             lines.append(f"  FAIL {e['name']}: {what}{example}")
     for e in r["kept_expectations"]:
         if not e["success"]:
@@ -600,8 +775,12 @@ def metrics(result: ValidationResult) -> dict:
     }
 
 
-def write_outputs(result: ValidationResult, out_dir: str | Path | None = None,
-                  report_path: str | Path | None = None, metrics_path: str | Path | None = None) -> None:
+def write_outputs(
+    result: ValidationResult,
+    out_dir: str | Path | None = None,
+    report_path: str | Path | None = None,
+    metrics_path: str | Path | None = None,
+) -> None:
     """Write ``manifest.csv``/``quarantine.csv`` (under ``out_dir``), the JSON report and metrics."""
     from deqa.stage import write_json
 

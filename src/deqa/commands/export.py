@@ -19,10 +19,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="models/deqa", help="trained adapter folder (default: models/deqa)")
     p.add_argument("--output", "-o", required=True, help="folder for the merged checkpoint")
     p.add_argument("--base", default=None, help="base checkpoint (default: from the adapter's deqa_model.json)")
-    p.add_argument("--metrics", default="metrics/evaluate.json",
-                   help="evaluation metrics for the model card, if present (default: metrics/evaluate.json)")
-    p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
-                   help="merge dtype (default auto: as the base checkpoint is stored, e.g. bf16)")
+    p.add_argument(
+        "--metrics",
+        default="metrics/evaluate.json",
+        help="evaluation metrics for the model card, if present (default: metrics/evaluate.json)",
+    )
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", *DTYPES],
+        help="merge dtype (default auto: as the base checkpoint is stored, e.g. bf16)",
+    )
     p.add_argument("--device", default="auto", help="merge device: auto (GPU if any), cpu, cuda, cuda:1...")
     p.add_argument("--license", default=None, help="license of the merged model (default: the base model's)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder (after success)")
@@ -30,8 +37,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        out = export(args.model, args.output, base=args.base, metrics_file=args.metrics, overwrite=args.overwrite,
-                     dtype=args.dtype, device=args.device, license=args.license)
+        out = export(
+            args.model,
+            args.output,
+            base=args.base,
+            metrics_file=args.metrics,
+            overwrite=args.overwrite,
+            dtype=args.dtype,
+            device=args.device,
+            license=args.license,
+        )
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -22,10 +22,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     where.add_argument("--pipeline", metavar="FOLDER", help="shorthand for --dvcfile FOLDER/dvc.yaml")
     p.add_argument("--baseline", default="HEAD", help="git revision holding the committed metrics (default HEAD)")
     p.add_argument("--config", help="gate config (default: gate.yaml beside the dvc.yaml)")
-    p.add_argument("--no-repro", dest="repro", action="store_false",
-                   help="check the quality floor only (for experiments, whose metrics differ by design)")
-    p.add_argument("--metric", help="FILE:KEY of the quality metric, FILE relative to the dvc.yaml folder "
-                                    "(default: from the gate config)")
+    p.add_argument(
+        "--no-repro",
+        dest="repro",
+        action="store_false",
+        help="check the quality floor only (for experiments, whose metrics differ by design)",
+    )
+    p.add_argument(
+        "--metric",
+        help="FILE:KEY of the quality metric, FILE relative to the dvc.yaml folder (default: from the gate config)",
+    )
     p.add_argument("--margin", type=float, help="allowed drop of the quality metric (default: from the gate config)")
 
 

@@ -16,8 +16,17 @@ import sys
 from pathlib import Path
 
 from deqa.images import display_path
-from deqa.scoring import (DECODERS, EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, ModelLoadError, ResultWriter, Scorer,
-                          expand_inputs, output_format)
+from deqa.scoring import (
+    DECODERS,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    ModelLoadError,
+    ResultWriter,
+    Scorer,
+    expand_inputs,
+    output_format,
+)
 
 log = logging.getLogger("deqa.score")
 
@@ -30,24 +39,39 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "output's error column), the rest scored; 2 nothing scored (no inputs, all unreadable) or "
         "a usage or model error; 130 interrupted (rerun with --resume)."
     )
-    p.add_argument("paths", nargs="+", metavar="PATH",
-                   help="image files, folders (searched recursively), glob patterns, or CSV/text lists of paths")
-    p.add_argument("--model", default="models/deqa",
-                   help="trained model: an adapter folder or a merged checkpoint (default: models/deqa)")
+    p.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="image files, folders (searched recursively), glob patterns, or CSV/text lists of paths",
+    )
+    p.add_argument(
+        "--model",
+        default="models/deqa",
+        help="trained model: an adapter folder or a merged checkpoint (default: models/deqa)",
+    )
     p.add_argument("--base", default=None, help="base checkpoint of an adapter (default: from its deqa_model.json)")
-    p.add_argument("--format", choices=["csv", "json", "jsonl"], default=None,
-                   help="output format (default: from --output's extension: .json, .jsonl; else csv)")
-    p.add_argument("--output", "-o", default=None,
-                   help="write here instead of stdout (missing folders are created)")
-    p.add_argument("--resume", action="store_true",
-                   help="keep the scored rows already in --output and score only the other images")
+    p.add_argument(
+        "--format",
+        choices=["csv", "json", "jsonl"],
+        default=None,
+        help="output format (default: from --output's extension: .json, .jsonl; else csv)",
+    )
+    p.add_argument("--output", "-o", default=None, help="write here instead of stdout (missing folders are created)")
+    p.add_argument(
+        "--resume", action="store_true", help="keep the scored rows already in --output and score only the other images"
+    )
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: 16)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default: auto)")
     p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--decoder", choices=DECODERS, default="auto",
-                   help="read the next batch's images in a background thread, a worker process, or inline "
-                        "(none); auto (default): thread on a GPU or with 2 spare CPU cores, else none")
+    p.add_argument(
+        "--decoder",
+        choices=DECODERS,
+        default="auto",
+        help="read the next batch's images in a background thread, a worker process, or inline "
+        "(none); auto (default): thread on a GPU or with 2 spare CPU cores, else none",
+    )
     p.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's own Python code")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -93,16 +117,26 @@ def run(args: argparse.Namespace) -> int:
     scorer = None
     if paths:
         try:
-            scorer = Scorer.from_pretrained(args.model, base=args.base, device=args.device, dtype=args.dtype,
-                                            batch_size=args.batch_size, trust_remote_code=args.trust_remote_code)
+            scorer = Scorer.from_pretrained(
+                args.model,
+                base=args.base,
+                device=args.device,
+                dtype=args.dtype,
+                batch_size=args.batch_size,
+                trust_remote_code=args.trust_remote_code,
+            )
         except ModelLoadError as exc:
             log.error("%s", exc)
             return EXIT_FAILED
     with ResultWriter(args.output, fmt, resume=args.resume) as writer:
         todo = [p for p in paths if display_path(p) not in writer.done]
         if writer.resumed:
-            log.info("resuming %s: %d image(s) already scored, %d to go", display_path(args.output),
-                     writer.resumed, len(todo))
+            log.info(
+                "resuming %s: %d image(s) already scored, %d to go",
+                display_path(args.output),
+                writer.resumed,
+                len(todo),
+            )
         for item, reason in errors:
             log.warning("%s: %s", display_path(item), reason)
         writer.write([{"path": display_path(item), "error": reason} for item, reason in errors])
@@ -135,7 +169,10 @@ def _score_all(scorer: Scorer, todo: list[str], writer: ResultWriter, args) -> t
                 bar.update(len(batch.names))
     except KeyboardInterrupt:
         if args.output:
-            log.error("interrupted after %d image(s); they are in %s: run the same command with --resume "
-                      "to score the rest", scored + writer.resumed, display_path(args.output))
+            log.error(
+                "interrupted after %d image(s); they are in %s: run the same command with --resume to score the rest",
+                scored + writer.resumed,
+                display_path(args.output),
+            )
         raise
     return scored, failed

@@ -23,20 +23,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     d = ValidateConfig()
     parser.add_argument("labels", metavar="LABELS", help="the label file to check")
-    parser.add_argument("--format", required=True, choices=[*FORMATS, "manifest"],
-                        help="the label file's format (manifest: a deqa manifest CSV)")
-    parser.add_argument("--root", default="", help="folder the image paths are relative to "
-                        "(default: the label file's folder)")
-    parser.add_argument("--on-error", choices=["fail", "quarantine"], default="fail",
-                        help="fail (default): exit 1 on any failure; quarantine: set bad rows aside")
+    parser.add_argument(
+        "--format",
+        required=True,
+        choices=[*FORMATS, "manifest"],
+        help="the label file's format (manifest: a deqa manifest CSV)",
+    )
+    parser.add_argument(
+        "--root", default="", help="folder the image paths are relative to (default: the label file's folder)"
+    )
+    parser.add_argument(
+        "--on-error",
+        choices=["fail", "quarantine"],
+        default="fail",
+        help="fail (default): exit 1 on any failure; quarantine: set bad rows aside",
+    )
     parser.add_argument("--report", default=None, help="write the JSON report (every failing row) to this file")
     parser.add_argument("--out", default=None, help="write manifest.csv and quarantine.csv here")
     parser.add_argument("--name", default=None, help="dataset name (default: the format)")
     parser.add_argument("--lo", type=float, default=None, help="scale minimum (default: observed min MOS)")
     parser.add_argument("--hi", type=float, default=None, help="scale maximum (default: observed max MOS)")
     parser.add_argument("--split", default="", help="force one split for every row")
-    parser.add_argument("--require-splits", default=None,
-                        help="comma-separated splits that must have rows (default: those present)")
+    parser.add_argument(
+        "--require-splits", default=None, help="comma-separated splits that must have rows (default: those present)"
+    )
     parser.add_argument("--min-rows", type=int, default=d.min_rows)
     parser.add_argument("--min-side", type=int, default=d.min_side)
     parser.add_argument("--max-pixels", type=int, default=d.max_pixels)
@@ -49,8 +59,16 @@ def read_labels(args: argparse.Namespace):
     from deqa.importers import LabelImportError, import_labels, read_csv_rows
 
     if args.format != "manifest":
-        return import_labels(args.labels, args.format, root=args.root, name=args.name, lo=args.lo, hi=args.hi,
-                             split=args.split, annotate=True)
+        return import_labels(
+            args.labels,
+            args.format,
+            root=args.root,
+            name=args.name,
+            lo=args.lo,
+            hi=args.hi,
+            split=args.split,
+            annotate=True,
+        )
     path = Path(args.labels)
     if not path.is_file():
         raise LabelImportError(f"label file not found: {args.labels}")
@@ -80,8 +98,13 @@ def run(args: argparse.Namespace) -> int:
     except LabelImportError as exc:
         log.error("%s", exc)
         return 2
-    cfg = ValidateConfig(on_error=args.on_error, min_rows=args.min_rows, min_side=args.min_side,
-                         max_pixels=args.max_pixels, vote_tolerance=args.vote_tolerance)
+    cfg = ValidateConfig(
+        on_error=args.on_error,
+        min_rows=args.min_rows,
+        min_side=args.min_side,
+        max_pixels=args.max_pixels,
+        vote_tolerance=args.vote_tolerance,
+    )
     if args.require_splits is None:
         present = df["split"].dropna().astype(str).unique() if "split" in df.columns else []
         required = [s for s in SPLITS if s in set(present)]
