@@ -267,6 +267,23 @@ def test_feature_cache_turns_itself_off_where_it_would_not_be_exact(tower, call,
     assert torch.is_tensor(out[0]) and torch.is_tensor(again[0]) and "forward" not in vars(tower)
 
 
+def test_a_placeholder_image_never_reaches_the_tower():
+    tower = torch.nn.Conv2d(3, 4, 3).requires_grad_(False)
+    cache = FeatureCache(tower)
+    with cache:
+        real = torch.rand(2, 3, 8, 8)
+        with cache.keyed(["a", "b"]):
+            tower(real)
+        assert cache.holds("a") and cache.holds("b") and not cache.holds("c")
+        with cache.keyed(["a", "b"]):  # all cached: a zero-filled stand-in is never read
+            out = tower(torch.zeros(()).expand(2, 3, 8, 8))
+        torch.testing.assert_close(out, tower.__class__.forward(tower, real))  # each image's own features
+        with cache.keyed(["a", "c"]), pytest.raises(RuntimeError, match="image-free batch"):
+            tower(torch.zeros(()).expand(2, 3, 8, 8))
+    cache.disable("test")
+    assert not cache.holds("a")
+
+
 def test_feature_cache_keys_must_match_the_rows():
     tower = _Rows()
     with FeatureCache(tower) as cache, cache.keyed(["a", "b"]):
@@ -354,6 +371,10 @@ def test_batches_of_images_with_cached_features_hold_no_images(data, monkeypatch
     class Features:  # what the encoder asks of a FeatureCache
         enabled, entries = True, {}
 
+        @classmethod
+        def holds(cls, key):
+            return cls.enabled and key in cls.entries
+
     fast.encoder.features = Features()
     b = [PairDataset(ex.dataset, 0)[j] for j in range(4)]
     first, want = fast.pairs(b), slow.pairs(b)
@@ -382,7 +403,17 @@ def test_batches_of_images_with_cached_features_hold_no_images(data, monkeypatch
 def test_image_free_batches_train_the_same_weights_bit_for_bit(data, tmp_path, monkeypatch):
     base, labels = data
     params = small_params(cache_vision_features=True)
+    free = []
+    assemble = deqa.data.EncodingCache._assemble
+
+    def spy(self, entries, texts):
+        out = assemble(self, entries, texts)
+        free.append(out is not None and any(e.tensors is None for e in entries))
+        return out
+
+    monkeypatch.setattr(deqa.data.EncodingCache, "_assemble", spy)
     train(params, labels, base, tmp_path / "free", tmp_path / "c1", None, progress=False)
+    assert sum(free) >= len(free) // 2  # after the warm-up every training batch is image-free
     monkeypatch.setattr(deqa.data.EncodingCache, "_image_free", lambda self: False)
     train(params, labels, base, tmp_path / "held", tmp_path / "c2", None, progress=False)
     a, b = _adapter(tmp_path / "free"), _adapter(tmp_path / "held")

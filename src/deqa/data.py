@@ -207,10 +207,9 @@ class EncodingCache:
         """Release the image tensors of the entries whose features the feature cache now holds."""
         if not self._image_free():
             return
-        held = self.features.entries
         keep = []
         for e in self._holding:
-            if e.key in held:
+            if self.features.holds(e.key):
                 e.tensors = None
                 self.bytes -= e.nbytes
             else:
@@ -326,7 +325,7 @@ class EncodingCache:
         for name, values in fields.items():
             out[name] = self._pad(values, entries[0].aligned[name][0])
         if any(e.tensors is None for e in entries):  # image-free: only where every image's features are cached
-            if not (self._image_free() and all(e.key in self.features.entries for e in entries)):
+            if not (self._image_free() and all(self.features.holds(e.key) for e in entries)):
                 return None
             for name, (shape, dtype) in entries[0].shapes.items():
                 if any(e.shapes[name][0][1:] != shape[1:] or e.shapes[name][1] != dtype for e in entries):

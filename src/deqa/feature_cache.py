@@ -97,6 +97,7 @@ class FeatureCache:
         first call's comparison, widened to 16 machine epsilons of the output's dtype."""
         self.tower = tower
         self.entries: dict[str, list] = {}
+        self.keyed_rows: set[str] = set()  # caller keys (keyed()) whose rows have entries
         self.enabled = enabled  # ``False``: install() does nothing and the tower always runs
         self.installed = False
         self.hits = self.misses = 0
@@ -168,6 +169,11 @@ class FeatureCache:
         finally:
             self._whole = self._stop = False
 
+    def holds(self, key: str) -> bool:
+        """Whether the features of the image with caller key ``key`` (:meth:`keyed`) are cached
+        (and the cache is on), so that its rows need no image."""
+        return self.enabled and key in self.keyed_rows
+
     def __len__(self) -> int:
         return len(self.entries)
 
@@ -189,6 +195,11 @@ class FeatureCache:
             return original(*args, **kwargs)
         keys = self._row_keys(rows)
         missing = [i for i, k in enumerate(keys) if k not in self.entries]
+        if missing and _placeholder(self._main_input(args, kwargs)):
+            raise RuntimeError(
+                "an image-free batch (deqa.data) reached the vision tower without cached features for "
+                f"{len(missing)} of its images"
+            )
         self.hits, self.misses = self.hits + len(keys) - len(missing), self.misses + len(missing)
         whole = None
         with torch.no_grad():
@@ -218,6 +229,8 @@ class FeatureCache:
                 return whole
         for i, entry in zip(missing, fresh, strict=True):
             self.entries[keys[i]] = entry
+            if self._keys is not None:
+                self.keyed_rows.add(self._keys[i])
         out = self._join([self.entries[k] for k in keys])
         if out is None:
             self.disable("the vision outputs of different images do not have one structure and shape")
@@ -236,9 +249,12 @@ class FeatureCache:
             [spec, [None if leaf is None else leaf[i : i + 1].detach().clone() for leaf in leaves]] for i in range(n)
         ]
 
+    def _main_input(self, args: tuple, kwargs: dict):
+        return args[0] if args else kwargs.get("pixel_values", kwargs.get(getattr(self.tower, "main_input_name", "")))
+
     def _split_inputs(self, args: tuple, kwargs: dict) -> list[tuple[tuple, dict]] | None:
         """Per-row ``(args, kwargs)`` of a call: tensors split along dim 0, everything else shared."""
-        main = args[0] if args else kwargs.get("pixel_values", kwargs.get(getattr(self.tower, "main_input_name", "")))
+        main = self._main_input(args, kwargs)
         if not torch.is_tensor(main) or main.dim() == 0:
             self.disable("the tower's input is not a batch tensor")
             return None
@@ -310,3 +326,8 @@ class FeatureCache:
             if not torch.allclose(x.double(), y.detach().double(), rtol=rtol, atol=atol * max(scale, 1.0)):
                 return False
         return True
+
+
+def _placeholder(value) -> bool:
+    """A zero-filled image stand-in of :mod:`deqa.data` (expanded from one element: all strides 0)."""
+    return torch.is_tensor(value) and value.dim() > 0 and value.numel() > 1 and all(st == 0 for st in value.stride())
