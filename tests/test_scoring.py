@@ -231,7 +231,7 @@ def test_output_into_a_missing_folder_is_created(trained, tmp_path, capsys):
 
 @pytest.mark.parametrize("fmt", ["csv", "json", "jsonl"])
 def test_interrupted_run_keeps_its_rows_and_resume_scores_the_rest(trained, tmp_path, capsys, monkeypatch, fmt):
-    from deqa.scoring import read_results
+    from deqa.score_files import read_results
 
     paths = _images(trained)[:10]
     out = tmp_path / f"s.{fmt}"

@@ -104,10 +104,7 @@ def train(
     model, names = build_model(base_path, params, accelerator)
     trainable = [p for p in model.parameters() if p.requires_grad]
 
-    pairs, collate = PairDataset(train_ex.dataset, seed), Collator(conv, train_ex, seed)
-    loader = torch.utils.data.DataLoader(
-        pairs, batch_size=tcfg.batch_pairs, collate_fn=collate.pairs, drop_last=len(pairs) >= 2 * tcfg.batch_pairs
-    )
+    collate, loader = make_loader(conv, train_ex, tcfg, seed)
     optimizer, scheduler, total = make_optimizer(trainable, tcfg, len(loader), accelerator.num_processes)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     accelerator.register_save_state_pre_hook(_keep_trainable(accelerator))
@@ -122,13 +119,8 @@ def train(
         enabled=tcfg.cache_vision_features and not tcfg.train_vision,
     )
     collate.encoder.features = cache  # images whose features are cached leave the batches (deqa.data)
-    bar = tqdm(
-        total=total,
-        initial=state.step,
-        desc="train",
-        unit="step",
-        disable=not progress or not accelerator.is_main_process,
-    )
+    show = progress and accelerator.is_main_process
+    bar = tqdm(total=total, initial=state.step, desc="train", unit="step", disable=not show)
     t0, interrupted = time.time(), False
     with cache:
         if total * tcfg.grad_accum >= len(loader):  # the run sees every image: fill the cache first
@@ -170,24 +162,24 @@ def train(
         "selected": selected(state, tcfg),
     }
     if not interrupted:
-        save_final(
-            accelerator,
-            model,
-            state,
-            processor,
-            conv,
-            params,
-            base_dir,
-            out_dir,
-            summary,
-            datasets=sorted(set(train_ex.dataset.tolist())),
-        )
+        datasets = sorted(set(train_ex.dataset.tolist()))
+        save_final(accelerator, model, state, processor, conv, params, base_dir, out_dir, summary, datasets)
     return summary
 
 
 # ---------------------------------------------------------------------------------------------
 # set-up
 # ---------------------------------------------------------------------------------------------
+def make_loader(conv: Conversation, train_ex, tcfg: TrainConfig, seed: int):
+    """The collator and the pair loader of the training images (``batch_pairs`` pairs per batch)."""
+    pairs, collate = PairDataset(train_ex.dataset, seed), Collator(conv, train_ex, seed)
+    drop_last = len(pairs) >= 2 * tcfg.batch_pairs
+    loader = torch.utils.data.DataLoader(
+        pairs, batch_size=tcfg.batch_pairs, collate_fn=collate.pairs, drop_last=drop_last
+    )
+    return collate, loader
+
+
 def make_accelerator(tcfg: TrainConfig, seed: int):
     """An ``Accelerator`` for the params (``mixed_precision: auto``: bf16 where the GPU has it); seeds all RNGs."""
     from accelerate import Accelerator

@@ -16,17 +16,8 @@ import sys
 from pathlib import Path
 
 from deqa.images import display_path
-from deqa.scoring import (
-    DECODERS,
-    EXIT_FAILED,
-    EXIT_OK,
-    EXIT_PARTIAL,
-    ModelLoadError,
-    ResultWriter,
-    Scorer,
-    expand_inputs,
-    output_format,
-)
+from deqa.score_files import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, ResultWriter, expand_inputs, output_format
+from deqa.scoring import DECODERS, ModelLoadError, Scorer
 
 log = logging.getLogger("deqa.score")
 
