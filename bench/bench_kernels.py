@@ -11,7 +11,7 @@ one machine take other kernels, the way another CPU would, and measures the spre
 - ``ONEDNN_MAX_CPU_ISA=AVX2``: oneDNN's kernels (convolutions, some activations);
 - all three at once (an AVX2-only machine with another BLAS).
 
-It clones the repository's HEAD into a scratch folder, runs the pipeline up to ``soft_labels``
+It clones the repository's HEAD into a scratch folder, runs the pipeline up to ``soft_labels`` and ``sensitivity``
 once, then ``dvc repro --force --single-item base_model train evaluate`` under each setting, and
 prints, per metric, the values' spread (max - min over the settings) and whether the stages'
 outputs were byte-identical (``dvc.lock`` hashes). ``--size tiny`` runs the test suite's tiny
@@ -147,7 +147,7 @@ def measure(settings: list[str], size: str, work: Path) -> dict:
         _shrink(repo / "params.yaml")
     _run(["dvc", "config", "--local", "core.analytics", "false"], repo)
     t0 = time.perf_counter()
-    _run(["dvc", "repro", "soft_labels"], repo)
+    _run(["dvc", "repro", "soft_labels", "sensitivity"], repo)
     print(f"upstream stages: {time.perf_counter() - t0:.0f} s", flush=True)
     results = {}
     for name in settings:
