@@ -23,10 +23,11 @@ through the processor too. Each image also gets a content key (a digest of its t
 
 **Image-free batches.** With a frozen tower, training reads its outputs from
 :class:`deqa.feature_cache.FeatureCache` (given as ``features``), which fills before step 1. Once
-the feature cache holds an image's features, its entry drops the image tensors (keeping their
-shape and dtype): a batch whose images all have cached features gets zero-filled image tensors of
-the right shape, which the tower never sees (the cache answers every row by key), so no image is
-decoded, processed or kept in memory after the warm-up. A batch with an image whose features are
+the feature cache holds an image's features, its entry drops its float image tensors (keeping
+their shape and dtype; masks and grids stay): a batch whose images all have cached features gets
+NaN-filled stand-ins of the right shape (not zeros: Idefics3 drops all-zero images as padding),
+which the tower never sees (the cache answers every row by key), so no image is decoded,
+processed or kept in memory after the warm-up. A batch with an image whose features are
 not cached (the feature cache off, or turned off) is assembled only from entries that still hold
 their tensors, else it goes through the processor: never from placeholders.
 
@@ -132,7 +133,7 @@ class PairDataset(torch.utils.data.Dataset):
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class _Entry:
-    tensors: dict[str, torch.Tensor] | None  # the processor's image tensors for this image alone (None: dropped)
+    tensors: dict[str, torch.Tensor]  # the processor's image tensors for this image alone (floats dropped once cached)
     expansion: list[int]  # the token ids the processor put in place of the image token
     key: str  # content digest of ``tensors`` (the feature cache's key)
     aligned: dict[str, tuple[int, list[int]]]  # per-token fields: (value on text, values on the expansion)
@@ -210,8 +211,9 @@ class EncodingCache:
         keep = []
         for e in self._holding:
             if self.features.holds(e.key):
-                e.tensors = None
-                self.bytes -= e.nbytes
+                # float image tensors only; masks and grids are small and some models read them
+                floats = [n for n, t in e.tensors.items() if t.is_floating_point()]
+                self.bytes -= sum(e.tensors.pop(n).nbytes for n in floats)
             else:
                 keep.append(e)
         self._holding = keep
@@ -324,20 +326,17 @@ class EncodingCache:
         out = {"input_ids": self._pad(rows, pad), "attention_mask": self._pad([[1] * len(r) for r in rows], 0)}
         for name, values in fields.items():
             out[name] = self._pad(values, entries[0].aligned[name][0])
-        if any(e.tensors is None for e in entries):  # image-free: only where every image's features are cached
-            if not (self._image_free() and all(self.features.holds(e.key) for e in entries)):
+        image_free = any(name not in e.tensors for e in entries for name in e.shapes)
+        if image_free and not (self._image_free() and all(self.features.holds(e.key) for e in entries)):
+            return None  # never a stand-in for an image whose features are not cached
+        for name, (shape, dtype) in entries[0].shapes.items():
+            if any(e.shapes.get(name, ((), None))[0][1:] != shape[1:] or e.shapes[name][1] != dtype for e in entries):
                 return None
-            for name, (shape, dtype) in entries[0].shapes.items():
-                if any(e.shapes[name][0][1:] != shape[1:] or e.shapes[name][1] != dtype for e in entries):
-                    return None
+            if all(name in e.tensors for e in entries):
+                out[name] = torch.cat([e.tensors[name] for e in entries], dim=0)
+            else:  # NaN, not zeros: some families drop all-zero images as padding (Idefics3)
                 rows = sum(e.shapes[name][0][0] for e in entries)
-                out[name] = torch.zeros((), dtype=dtype).expand(rows, *shape[1:])
-            return out
-        for name, first in entries[0].tensors.items():
-            parts = [e.tensors[name] for e in entries]
-            if any(p.shape[1:] != first.shape[1:] or p.dtype != first.dtype for p in parts):
-                return None
-            out[name] = torch.cat(parts, dim=0)
+                out[name] = torch.full((), float("nan"), dtype=dtype).expand(rows, *shape[1:])
         return out
 
     def _pad(self, rows: list[list[int]], value: int) -> torch.Tensor:
