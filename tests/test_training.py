@@ -15,7 +15,7 @@ import deqa.training as training
 from deqa.data import Collator, Examples, PairDataset, make_pairs
 from deqa.feature_cache import FeatureCache
 from deqa.losses import deqa_loss
-from deqa.modeling import Conversation, load_model, load_processor, resolve_modules
+from deqa.modeling import Conversation, load_model, load_processor, quiet_peft, resolve_modules
 from deqa.training import prepare_model, train
 from family_fixtures import BUILDERS
 from model_fixtures import build_base, build_labels, small_params
@@ -57,7 +57,8 @@ def test_a_few_steps_lower_the_loss(data, tmp_path):
     train(params, labels, base, tmp_path / "model", tmp_path / "ckpt", None, progress=False)
     from peft import PeftModel
 
-    after = loss_of(PeftModel.from_pretrained(load_model(base), tmp_path / "model").eval())
+    with quiet_peft():
+        after = loss_of(PeftModel.from_pretrained(load_model(base), tmp_path / "model").eval())
     assert after < before - 0.05, (before, after)
 
 
@@ -154,7 +155,8 @@ def test_select_best_saves_the_best_epoch_and_last_the_last(data, tmp_path, monk
         progress=False,
     )
     at_epoch_end = load_file(str(tmp_path / "c_stop" / f"step_{per_epoch:07d}" / "model.safetensors"))
-    saved = {s: PeftModel.from_pretrained(load_model(base), tmp_path / s).state_dict() for s in ("best", "last")}
+    with quiet_peft():
+        saved = {s: PeftModel.from_pretrained(load_model(base), tmp_path / s).state_dict() for s in ("best", "last")}
     assert at_epoch_end and all(torch.equal(saved["best"][k], v) for k, v in at_epoch_end.items())
     assert not all(torch.equal(saved["last"][k], v) for k, v in at_epoch_end.items())
 
