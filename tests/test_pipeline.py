@@ -73,7 +73,23 @@ def test_a_code_edit_makes_exactly_its_importers_stale(work):
     assert _changed_stages(work) == {"train", "evaluate"}
 
 
+def _add_unrun_pipeline(work: Path) -> None:
+    """real/ as a clone without ../shared holds it: dvc.yaml, params, dvc.lock and the import files
+    committed, its outputs never produced here and not in the cache."""
+    src, dst = tiny_repo.ROOT / "real", work / "real"
+    (dst / "data").mkdir(parents=True)
+    for name in ("dvc.yaml", "params.yaml", "gate.yaml", "dvc.lock"):
+        shutil.copy(src / name, dst / name)
+    for f in [*(src / "data").glob("*.dvc"), src / "data" / ".gitignore"]:
+        shutil.copy(f, dst / "data" / f.name)
+    run(["git", "add", "-A"], work)
+    run(["git", "commit", "-qm", "a second pipeline, never run on this machine"], work)
+
+
 def test_experiments_use_the_run_cache_and_compare_training_curves(work):
+    # a second pipeline whose outputs this machine never made must not break the default's
+    # experiments (DVC resolves every dvc.yaml's plot definitions on each `dvc exp run`)
+    _add_unrun_pipeline(work)
     before = json.loads((work / "metrics/discretisation.json").read_text())
     committed = (work / "metrics/evaluate.json").read_text()
     run([DVC, "exp", "run", "--name", "qalign", "-S", "soft_labels.kind=onehot", "-S", "loss.fidelity_weight=0"], work)
