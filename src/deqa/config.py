@@ -38,7 +38,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
-from deqa.schema import DERIVED_FORMATS, LABEL_FORMATS, VISION_LAYERS, VISION_STATS
+from deqa.schema import DEFAULT_DISTORTIONS, DERIVED_FORMATS, LABEL_FORMATS, VISION_LAYERS, VISION_STATS
 
 SPLIT_NAMES = ("train", "val", "test")
 SOURCE_FORMATS = (*DERIVED_FORMATS, *LABEL_FORMATS)
@@ -232,7 +232,7 @@ class SyntheticConfig(_Section):
     severities: int = _f(5, AT_LEAST_1)
     raters: int = _f(25, Range(ge=2))
     distortions: list[str] = field(
-        default_factory=lambda: ["gaussian_blur", "gaussian_noise", "jpeg", "contrast", "pixelation", "motion_blur"],
+        default_factory=lambda: list(DEFAULT_DISTORTIONS),
         metadata={"check": Items(nonempty=True)},
     )
     val_photos: list[str] = field(default_factory=lambda: ["rocket"], metadata={"check": Items(nonempty=True)})
@@ -261,7 +261,7 @@ class DistortedConfig(_Section):
     severities: int = _f(5, AT_LEAST_1)
     raters: int = _f(25, Range(ge=2))
     distortions: list[str] = field(
-        default_factory=lambda: ["gaussian_blur", "gaussian_noise", "jpeg", "contrast", "pixelation", "motion_blur"],
+        default_factory=lambda: list(DEFAULT_DISTORTIONS),
         metadata={"check": Items(nonempty=True)},
     )
 
@@ -435,7 +435,7 @@ class SensitivityConfig(_Section):
     scenes_per_kind: int = _f(4, NON_NEGATIVE)
     severities: int = _f(5, AT_LEAST_1)
     distortions: list[str] = field(
-        default_factory=lambda: ["gaussian_blur", "gaussian_noise", "jpeg", "contrast", "pixelation", "motion_blur"],
+        default_factory=lambda: list(DEFAULT_DISTORTIONS),
         metadata={"check": Items(nonempty=True)},
     )
 

@@ -138,7 +138,6 @@ class _Entry:
     key: str  # content digest of ``tensors`` (the feature cache's key)
     aligned: dict[str, tuple[int, list[int]]]  # per-token fields: (value on text, values on the expansion)
     shapes: dict[str, tuple[tuple[int, ...], torch.dtype]]  # shape and dtype of each of ``tensors``
-    nbytes: int
 
 
 def _same_encoding(a: dict, b: dict) -> str | None:
@@ -299,7 +298,7 @@ class EncodingCache:
         names = sorted(tensors)
         key = tensor_digest(*(tensors[n] for n in names), extra=str(names))
         shapes = {n: (tuple(t.shape), t.dtype) for n, t in tensors.items()}
-        entry = _Entry(tensors, ids[span], key, aligned, shapes, size)
+        entry = _Entry(tensors, ids[span], key, aligned, shapes)
         self.entries[path] = entry
         self._holding.append(entry)
         self.bytes += size

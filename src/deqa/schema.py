@@ -45,6 +45,9 @@ VISION_LAYERS = ("stages", "all")
 MANIFEST_COLUMNS = ["image", "root", "dataset", "split", "mos", "std", "n_votes", "lo", "hi"]
 VOTE_COLUMNS = ["c1", "c2", "c3", "c4", "c5"]
 PROVENANCE_COLUMNS = ["content", "distortion", "severity"]
+DEFAULT_DISTORTIONS = ("gaussian_blur", "gaussian_noise", "jpeg", "contrast", "pixelation", "motion_blur")
+"""The distortions the generated sets (synthetic, distorted, sensitivity) use unless told otherwise
+(:data:`deqa.synthetic.DISTORTIONS` also has ``saturation``)."""
 SPLITS = ("train", "val", "test")
 PROB_COLUMNS = [f"p_{level}" for level in LEVELS]
 LABEL_COLUMNS = MANIFEST_COLUMNS + ["m", "s", *PROB_COLUMNS, "label_kind", "fallback"]

@@ -39,11 +39,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
+from deqa.schema import DEFAULT_DISTORTIONS
 from deqa.synthetic import DISTORTIONS, SyntheticError, to_uint8
 
 SCENE_KINDS = ("dead_leaves", "shapes", "landscape", "texture", "text")
 PACKAGE_IMAGES = ("colorwheel", "logo", "page", "text", "minduka")
-DEFAULT_DISTORTIONS = ("gaussian_blur", "gaussian_noise", "jpeg", "contrast", "pixelation", "motion_blur")
 
 
 # --------------------------------------------------------------------------------------------

@@ -40,6 +40,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from deqa.schema import DEFAULT_DISTORTIONS
+
 BASE_PHOTOS = (
     "astronaut",
     "chelsea",
@@ -456,7 +458,7 @@ def generate_from_photos(
     out_dir: str | Path,
     *,
     image_size: int = 224,
-    distortions=("gaussian_blur", "gaussian_noise", "jpeg", "contrast", "pixelation", "motion_blur"),
+    distortions=DEFAULT_DISTORTIONS,
     severities: int = 5,
     distortions_per_photo: int = 0,
     raters: int = 25,
