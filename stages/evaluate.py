@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         labels="folder of the label files",
         model="trained model folder",
         base="base model folder (base_model's output)",
+        features="feature store folder (the features stage's output)",
         out="output folder for predictions and plot data",
         detail="JSON file for every metric",
         metrics="metrics JSON file for the headline numbers",
@@ -51,7 +52,11 @@ def main(argv: list[str] | None = None) -> int:
 
     frame = evaluation_frames(cfg, args.labels, params.base.seed, validate=params.validate)
     scorer = Scorer.from_pretrained(
-        args.model, base=args.base, batch_size=cfg.batch_size, trust_remote_code=params.model.trust_remote_code
+        args.model,
+        base=args.base,
+        batch_size=cfg.batch_size,
+        trust_remote_code=params.model.trust_remote_code,
+        features=args.features,
     )
     predictions = predict(scorer, frame, cfg.batch_size)
     shutil.rmtree(args.out, ignore_errors=True)

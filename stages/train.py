@@ -1,5 +1,8 @@
 """Stage train: DeQA-Score LoRA fine-tuning of the base model on the soft labels.
 
+The frozen tower's outputs come from ``--features`` (the features stage's store), so no image is
+decoded and the tower never runs (a store that is off or does not match the model: it runs).
+
 ``--checkpoints`` is a private resume cache (git- and DVC-ignored, not a DVC output), so DVC's
 run-cache stays on. The images the label files name and a local base checkpoint must be
 declared deps of this stage in ``dvc.yaml``.
@@ -28,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         __doc__,
         labels="folder of the label files",
         base="base model folder (base_model's output)",
+        features="feature store folder (the features stage's output)",
         out="output folder for the trained model",
         checkpoints="resume cache folder (not a DVC output)",
         live="dvclive folder for the training curves",
@@ -39,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     from deqa.training import train
 
-    summary = train(params, args.labels, args.base, args.out, args.checkpoints, args.live)
+    summary = train(params, args.labels, args.base, args.out, args.checkpoints, args.live, features=args.features)
     from accelerate import PartialState
 
     if not PartialState().is_main_process:  # under `accelerate launch`: one writer

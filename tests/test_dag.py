@@ -361,7 +361,11 @@ def fix_code_deps() -> list[str]:
         path = ROOT / dvcfile
         doc = yaml_rt.load(path.read_text())
         for name, body in doc["stages"].items():
-            stage = _stage(f"{dvcfile.as_posix()}:{name}")
+            if "foreach" in body or "matrix" in body:  # generated stages share one body: the first stands for all
+                stage_id = next(i for i in _ids() if i.startswith(f"{dvcfile.as_posix()}:{name}@"))
+                stage, body = _stage(stage_id), body["do"]
+            else:
+                stage = _stage(f"{dvcfile.as_posix()}:{name}")
             script, _ = _command(stage)
             wdir = stage["wdir"]
             code = [os.path.relpath(p, wdir) for p in [script, *sorted(import_closure(script))]]

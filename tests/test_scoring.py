@@ -237,7 +237,7 @@ def test_interrupted_run_keeps_its_rows_and_resume_scores_the_rest(trained, tmp_
     out = tmp_path / f"s.{fmt}"
     real_forward, calls = Scorer.forward, []
 
-    def interrupted(self, enc, pos):
+    def interrupted(self, enc, pos, features=None):
         calls.append(len(pos))
         if len(calls) == 3:
             raise KeyboardInterrupt
@@ -253,7 +253,9 @@ def test_interrupted_run_keeps_its_rows_and_resume_scores_the_rest(trained, tmp_
     monkeypatch.setattr(Scorer, "forward", real_forward)
     calls.clear()
     monkeypatch.setattr(
-        Scorer, "forward", lambda self, enc, pos: calls.append(len(pos)) or real_forward(self, enc, pos)
+        Scorer,
+        "forward",
+        lambda self, enc, pos, features=None: calls.append(len(pos)) or real_forward(self, enc, pos, features),
     )
     assert _score_cli(trained, *paths, "-o", out, "--batch-size", "3", "--resume") == 0
     assert sum(calls) == 4  # only the rest was scored

@@ -10,7 +10,7 @@ Modules:
 - :mod:`deqa.labels`: DeQA-Score soft labels (``soft_labels`` stage).
 - :mod:`deqa.basemodel`, :mod:`deqa.modeling`, :mod:`deqa.tiny`: the base checkpoint, the model
   layer and the embedded default model.
-- :mod:`deqa.data`, :mod:`deqa.feature_cache`, :mod:`deqa.losses`, :mod:`deqa.checkpointing`,
+- :mod:`deqa.data`, :mod:`deqa.features`, :mod:`deqa.losses`, :mod:`deqa.checkpointing`,
   :mod:`deqa.training`: training data and pairs, the frozen-tower feature cache, the DeQA losses,
   exact resume, and the LoRA training loop.
 - :mod:`deqa.sensitivity`: the distortion-sensitivity set (``sensitivity`` stage).

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import re
 import types
 import typing
 from collections.abc import Iterator
@@ -370,7 +371,6 @@ class TrainConfig(_Section):
     max_grad_norm: float = _f(1.0, NON_NEGATIVE)
     train_vision: bool = False
     full_finetune: bool = False
-    cache_vision_features: bool = True
     gradient_checkpointing: bool = False
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     threads: int = _f(1, AT_LEAST_1)
@@ -423,6 +423,61 @@ class EvaluateConfig(_Section):
 
 
 @dataclass
+class FeaturesConfig(_Section):
+    """``features`` stage: store the frozen vision tower's output per image (:mod:`deqa.features`).
+
+    ``enabled: false`` writes a store that is off, and training and evaluation run the tower on
+    every batch. A trainable tower (``train.train_vision``) is never stored."""
+
+    enabled: bool = True
+
+
+@dataclass
+class StudyVariant(_Section):
+    """One variant of a study (:mod:`deqa.study`): which labels and which fidelity term train it."""
+
+    labels: Literal["soft", "onehot", "binary"] = "soft"
+    fidelity_weight: float = _f(1.0, NON_NEGATIVE)
+    fidelity_sigma: Literal["fixed", "predicted"] = "fixed"
+
+
+def _default_variants() -> dict[str, StudyVariant]:
+    return {
+        "deqa": StudyVariant("soft", 1.0, "fixed"),
+        "qalign": StudyVariant("onehot", 0.0, "fixed"),
+        "binary": StudyVariant("binary", 1.0, "fixed"),
+        "soft_nofid": StudyVariant("soft", 0.0, "fixed"),
+        "soft_predsigma": StudyVariant("soft", 1.0, "predicted"),
+    }
+
+
+@dataclass
+class StudyConfig(_Section):
+    """A study of label and loss variants over seeded splits of one dataset (:mod:`deqa.study`).
+
+    ``splits`` seeded splits: ``test_fraction`` of the images held out, ``val_fraction`` of the
+    rest for validation (epoch selection), the others trained on; each variant (``variants``, by
+    name) trains and scores every split with the same model, training params and seeds. Only
+    ``studies/`` pipelines use it.
+    """
+
+    splits: int = _f(10, AT_LEAST_1)
+    test_fraction: float = _f(0.2, Range(gt=0, lt=1))
+    val_fraction: float = _f(0.1, Range(gt=0, lt=1))
+    variants: dict[str, StudyVariant] = field(default_factory=_default_variants)
+
+    def _check_together(self, where: str) -> None:
+        names = list(self.variants)
+        if not names:
+            raise ConfigError(f"{where}.variants: must name at least one variant")
+        bad = [n for n in names if not re.fullmatch(r"[a-z0-9_]+", n)]
+        if bad:
+            raise ConfigError(
+                f"{where}.variants: names are stage and file names (a-z, 0-9, _), got {', '.join(map(repr, bad))}"
+            )
+
+
+@dataclass
 class SensitivityConfig(_Section):
     """``sensitivity`` stage: the distortion-sensitivity set (:mod:`deqa.sensitivity`).
 
@@ -456,10 +511,12 @@ class Params(_Section):
     validate: ValidateConfig = field(default_factory=ValidateConfig)
     soft_labels: SoftLabelsConfig = field(default_factory=SoftLabelsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     sensitivity: SensitivityConfig = field(default_factory=SensitivityConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
 
@@ -511,6 +568,13 @@ def _convert(value: Any, tp: Any, key: str, require: bool) -> Any:
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         (item_tp,) = get_args(tp)
         return [_convert(v, item_tp, f"{key}[{i}]", require) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        key_tp, item_tp = get_args(tp)
+        return {
+            _convert(k, key_tp, key, require): _convert(v, item_tp, f"{key}.{k}", require) for k, v in value.items()
+        }
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, key, require=require)
     if tp is bool:

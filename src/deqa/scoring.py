@@ -27,6 +27,12 @@ convolutions by about 40% in CPU time, more than it saves (``bench/bench_score.p
 level position is found per row, so a score does not depend on the batch it was computed in;
 the tests hold batch 1 and batch 32 to within 1e-4.
 
+**Stored vision features.** ``Scorer(..., features=store)`` (or ``from_pretrained(...,
+features=folder)``) scores the image files that a :class:`deqa.features.FeatureStore` holds
+without decoding them or running the tower: their batches are assembled from the store and the
+tower is fed the stored outputs (:func:`deqa.features.fed`). A store computed by another tower or
+processor is not used (logged). Other inputs are scored as usual.
+
 What ``deqa score`` reads and writes around it (files, folders, globs, path lists; streamed
 result files) is :mod:`deqa.score_files`.
 """
@@ -46,11 +52,22 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.utils.data
+from torch.utils import _pytree as pytree
 
 from deqa import LEVELS
+from deqa.features import FeatureStore, check_batch, fed, image_token_id
 from deqa.images import ImageLoadError, array_to_rgb, display_path, load_image, to_rgb
 from deqa.losses import read_scores
-from deqa.modeling import MODEL_CARD, Conversation, load_model, load_processor, quiet_peft, resolve_checkpoint
+from deqa.modeling import (
+    MODEL_CARD,
+    Conversation,
+    get_module,
+    load_model,
+    load_processor,
+    quiet_peft,
+    resolve_checkpoint,
+    resolve_modules,
+)
 
 log = logging.getLogger(__name__)
 
@@ -220,11 +237,21 @@ def _load_error(path: Path, exc: Exception, base: Path | None = None) -> ModelLo
 class Scorer:
     """A trained DeQA model ready to score images in batches."""
 
-    def __init__(self, model, processor, device: torch.device, batch_size: int = 32):
+    def __init__(
+        self, model, processor, device: torch.device, batch_size: int = 32, features: FeatureStore | None = None
+    ):
         self.model, self.processor, self.device = model.eval(), processor, torch.device(device)
         self.conversation = Conversation(processor)
         self.conversation.tokenizer.padding_side = "right"
         self.batch_size = batch_size
+        self.tower = get_module(model, resolve_modules(model).vision)
+        self.features, self._checked = None, False
+        if features is not None:
+            problem = features.usable_with(self.tower, processor, self.conversation.scoring_text())
+            if problem:
+                log.info("vision features not used for scoring: %s", problem)
+            else:
+                self.features, self._token_id = features, image_token_id(processor)
 
     @classmethod
     def from_pretrained(
@@ -236,10 +263,12 @@ class Scorer:
         dtype: str | torch.dtype | None = None,
         batch_size: int = 32,
         trust_remote_code: bool = False,
+        features: str | Path | FeatureStore | None = None,
     ) -> Scorer:
         """Load an adapter directory (with its base) or a merged/standalone checkpoint.
 
-        Every failure is a :class:`ModelLoadError` (a ``ValueError``) naming the folder and the reason.
+        ``features``: a feature store (folder) for the images it holds (module docstring). Every
+        failure is a :class:`ModelLoadError` (a ``ValueError``) naming the folder and the reason.
         """
         path = Path(path)
         if not path.is_dir():
@@ -267,7 +296,9 @@ class Scorer:
         except Exception as exc:
             raise _load_error(path, exc, base_dir) from exc
         log.info("loaded %s on %s (%s)", display_path(path), dev, str(dt).replace("torch.", ""))
-        return cls(model, processor, dev, batch_size=batch_size)
+        if isinstance(features, (str, Path)):
+            features = FeatureStore.load(features)
+        return cls(model, processor, dev, batch_size=batch_size, features=features)
 
     # -- one batch: encode (CPU, may run in the background) and forward (the model) ---------------
     def encode(self, images: list) -> tuple[dict, torch.Tensor]:
@@ -277,21 +308,50 @@ class Scorer:
         pos = conv.level_positions(enc["input_ids"], enc["attention_mask"])
         return dict(enc), pos
 
+    def encode_stored(self, paths: list) -> tuple[dict, torch.Tensor, object] | None:
+        """Inputs, level positions and stored tower outputs for image files the feature store
+        holds (``None`` where it lacks one); the first such batch is checked against the processor."""
+        keys = self.features.holds(paths) if self.features is not None else None
+        if keys is None:
+            return None
+        texts = [self.conversation.scoring_text()] * len(paths)
+        batch = self.features.batch(keys, texts, self.conversation.tokenizer, self._token_id)
+        if not self._checked:
+            problem = check_batch(self.processor, [str(p) for p in paths], texts, batch["inputs"])
+            if problem:
+                log.info("vision features not used for scoring: assembled batch differs (%s)", problem)
+                self.features = None
+                return None
+            self._checked = True
+        enc = batch["inputs"]
+        return enc, self.conversation.level_positions(enc["input_ids"], enc["attention_mask"]), batch["features"]
+
     @torch.no_grad()
-    def forward(self, enc: dict, pos: torch.Tensor) -> ScoreResult:
-        """Run the model on encoded inputs and read the level probabilities, score and std."""
+    def forward(self, enc: dict, pos: torch.Tensor, features=None) -> ScoreResult:
+        """Run the model on encoded inputs (the tower fed ``features``, the batch's stored outputs,
+        where given) and read the level probabilities, score and std."""
         enc = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in enc.items()}
         if "pixel_values" in enc and enc["pixel_values"].is_floating_point():
             enc["pixel_values"] = enc["pixel_values"].to(self.model.dtype)
-        probs, mu, sigma = read_scores(self.model(**enc).logits, pos, self.conversation.level_ids)
+        if features is not None:
+            features = pytree.tree_map(lambda t: t.to(self.device) if torch.is_tensor(t) else t, features)
+        with fed(self.tower, features):
+            logits = self.model(**enc).logits
+        probs, mu, sigma = read_scores(logits, pos, self.conversation.level_ids)
         return ScoreResult(*(t.detach().cpu().double().numpy() for t in (mu, sigma, probs)))  # float64 read-out
 
     def score_batch(self, images: list) -> ScoreResult:
         """Score one batch of images (paths, PIL or arrays; no splitting, no error tolerance)."""
         return self.forward(*self.encode([to_pil(im) for im in images]))
 
-    def _prepare(self, items: list) -> tuple[dict | None, torch.Tensor | None, list[int], dict[int, str]]:
-        """Read and encode one batch: (inputs, positions, positions read, position -> reason)."""
+    def _prepare(self, items: list) -> tuple[dict | None, torch.Tensor | None, list[int], dict[int, str], object]:
+        """Read and encode one batch: (inputs, positions, positions read, position -> reason,
+        stored tower outputs or ``None``)."""
+        if all(isinstance(x, (str, Path)) for x in items):
+            stored = self.encode_stored(items)
+            if stored is not None:
+                enc, pos, features = stored
+                return enc, pos, list(range(len(items))), {}, features
         images, ok, errors = [], [], {}
         for j, item in enumerate(items):
             try:
@@ -302,9 +362,9 @@ class Scorer:
             except (TypeError, ValueError) as exc:
                 errors[j] = str(exc)
         if not images:
-            return None, None, ok, errors
+            return None, None, ok, errors, None
         enc, pos = self.encode(images)
-        return enc, pos, ok, errors
+        return enc, pos, ok, errors, None
 
     # -- streaming ----------------------------------------------------------------------------
     def iter_score(
@@ -337,8 +397,8 @@ class Scorer:
             batches = _in_process(prepare, prefetch)
         else:
             batches = (prepare[i] for i in range(len(starts)))
-        for start, (enc, pos, ok, errors) in zip(starts, batches, strict=False):
-            result = self.forward(enc, pos) if enc is not None else ScoreResult.concat([])
+        for start, (enc, pos, ok, errors, features) in zip(starts, batches, strict=False):
+            result = self.forward(enc, pos, features) if enc is not None else ScoreResult.concat([])
             yield ScoredBatch(start, names[start : start + bs], ok, result, errors)
 
     def pick_decoder(self) -> str:

@@ -13,12 +13,13 @@ Read :func:`train` top to bottom; every step is a small function below it. What 
 - **Pairs in one forward**: ``B`` pairs from the same dataset are ``2B`` sequences
   ``[A_1..A_B, B_1..B_B]`` through **one** forward pass (the authors' code runs two)
   (:mod:`deqa.data`).
-- **Feature cache** (``train.cache_vision_features``, frozen tower): the tower's output per image
-  is computed once, before the first step, in fixed chunks of the label file's order (where the
-  run covers at least an epoch), and reused (:mod:`deqa.feature_cache`); batches are assembled
-  from each image's cached processor output without decoding or processing the image again
-  (:class:`deqa.data.EncodingCache`); both verify themselves and turn off, logged, where they
-  would not be exact. Validation is served by the feature cache too.
+- **Stored vision features** (frozen tower): the tower's output for each image comes from a
+  :class:`deqa.features.FeatureStore` (the ``features`` stage's output, passed as ``features``;
+  computed in memory before the first step where none is given), so training decodes, processes
+  and runs the tower on no image; each batch carries its images' stored outputs
+  (``batch["features"]``), which :func:`deqa.features.fed` hands to the tower. A store that does
+  not match the model (another tower, processor or a trainable tower) is not used, with the
+  reason logged, and the tower runs as usual. Validation reads the same store.
 - **Exact resume** (``train.resume: auto``, :mod:`deqa.checkpointing`): checkpoints every
   ``train.checkpoint_every`` steps hold model, optimizer, scheduler, the step/epoch/batch
   position, the running loss sums, the validation history, the best epoch and the dvclive logs;
@@ -40,7 +41,6 @@ Read :func:`train` top to bottom; every step is a small function below it. What 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -56,7 +56,7 @@ from torch import nn
 from deqa.checkpointing import Checkpoints, TrainState, fingerprint
 from deqa.config import Params, TrainConfig, to_dict
 from deqa.data import Collator, Examples, PairDataset
-from deqa.feature_cache import FeatureCache, StopForward
+from deqa.features import FeatureStore, extract, fed
 from deqa.losses import deqa_loss
 from deqa.modeling import (
     MODEL_CARD,
@@ -85,8 +85,13 @@ def train(
     live_dir: str | Path | None = "dvclive/train",
     stop_after_steps: int | None = None,
     progress: bool = True,
+    features: str | Path | FeatureStore | bool | None = None,
 ) -> dict:
     """Train, save the selected weights to ``out_dir`` and return a summary dict.
+
+    ``features``: the frozen tower's stored outputs (a store folder or :class:`FeatureStore`);
+    ``None`` computes them in memory for the training and validation images; ``False`` runs the
+    tower on every batch.
 
     ``stop_after_steps`` interrupts the run after that many optimizer steps, right after a
     checkpoint, as a kill would (nothing is saved to ``out_dir``); ``train.resume: auto`` then
@@ -103,8 +108,10 @@ def train(
     conv = Conversation(processor)
     model, names = build_model(base_path, params, accelerator)
     trainable = [p for p in model.parameters() if p.requires_grad]
+    tower = get_module(model, names.vision)
+    store = feature_store(features, model, tower, processor, conv, train_ex, val_ex, accelerator, progress)
 
-    collate, loader = make_loader(conv, train_ex, tcfg, seed)
+    collate, loader = make_loader(conv, train_ex, tcfg, seed, store)
     optimizer, scheduler, total = make_optimizer(trainable, tcfg, len(loader), accelerator.num_processes)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     accelerator.register_save_state_pre_hook(_keep_trainable(accelerator))
@@ -114,41 +121,31 @@ def train(
     )
     state = checkpoints.resume() if tcfg.resume == "auto" else TrainState()
     live = open_live(live_dir, accelerator, resume=checkpoints.live_restored)
-    cache = FeatureCache(
-        get_module(accelerator.unwrap_model(model), names.vision),
-        enabled=tcfg.cache_vision_features and not tcfg.train_vision,
-    )
-    collate.encoder.features = cache  # images whose features are cached leave the batches (deqa.data)
     show = progress and accelerator.is_main_process
     bar = tqdm(total=total, initial=state.step, desc="train", unit="step", disable=not show)
     t0, interrupted = time.time(), False
-    with cache:
-        if total * tcfg.grad_accum >= len(loader):  # the run sees every image: fill the cache first
-            warm_feature_cache(accelerator, model, collate, cache, 2 * tcfg.batch_pairs, progress)
-        while not interrupted and not finished(state, tcfg, total):
-            set_train_mode(accelerator.unwrap_model(model), names, tcfg.train_vision)
-            for batch in epoch_batches(accelerator, loader, state):
-                if state.step >= total:
-                    break
-                reseed(seed, state, accelerator.process_index)
-                synced, losses = train_step(
-                    accelerator, model, optimizer, scheduler, batch, trainable, conv, params, cache
-                )
-                state.add_batch(losses)
-                if not synced:
-                    continue
-                state.step += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{losses['loss']:.4f}", epoch=state.epoch)
-                if state.step % tcfg.log_every == 0 or state.step == total:
-                    log_train(live, state, scheduler)
-                if state.step % tcfg.checkpoint_every == 0 or state.step == stop_after_steps:
-                    checkpoints.save(state)
-                if state.step == stop_after_steps:
-                    interrupted = True
-                    break
-            if not interrupted:
-                end_epoch(accelerator, model, processor, val_ex, state, tcfg, live, bar, cache)
+    while not interrupted and not finished(state, tcfg, total):
+        set_train_mode(accelerator.unwrap_model(model), names, tcfg.train_vision)
+        for batch in epoch_batches(accelerator, loader, state):
+            if state.step >= total:
+                break
+            reseed(seed, state, accelerator.process_index)
+            synced, losses = train_step(accelerator, model, optimizer, scheduler, batch, trainable, conv, params, tower)
+            state.add_batch(losses)
+            if not synced:
+                continue
+            state.step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses['loss']:.4f}", epoch=state.epoch)
+            if state.step % tcfg.log_every == 0 or state.step == total:
+                log_train(live, state, scheduler)
+            if state.step % tcfg.checkpoint_every == 0 or state.step == stop_after_steps:
+                checkpoints.save(state)
+            if state.step == stop_after_steps:
+                interrupted = True
+                break
+        if not interrupted:
+            end_epoch(accelerator, model, processor, val_ex, state, tcfg, live, bar, collate.features)
     bar.close()
     if live is not None:
         live.end()
@@ -170,9 +167,9 @@ def train(
 # ---------------------------------------------------------------------------------------------
 # set-up
 # ---------------------------------------------------------------------------------------------
-def make_loader(conv: Conversation, train_ex, tcfg: TrainConfig, seed: int):
+def make_loader(conv: Conversation, train_ex, tcfg: TrainConfig, seed: int, features: FeatureStore | None = None):
     """The collator and the pair loader of the training images (``batch_pairs`` pairs per batch)."""
-    pairs, collate = PairDataset(train_ex.dataset, seed), Collator(conv, train_ex, seed)
+    pairs, collate = PairDataset(train_ex.dataset, seed), Collator(conv, train_ex, seed, features)
     drop_last = len(pairs) >= 2 * tcfg.batch_pairs
     loader = torch.utils.data.DataLoader(
         pairs, batch_size=tcfg.batch_pairs, collate_fn=collate.pairs, drop_last=drop_last
@@ -218,6 +215,30 @@ def build_model(base_path: Path, params: Params, accelerator):
             if p.requires_grad and p.is_floating_point() and p.dtype != torch.float32:
                 p.data = p.data.float()
     return model, names
+
+
+def feature_store(features, model, tower, processor, conv, train_ex, val_ex, accelerator, progress: bool):
+    """The store whose tower outputs training uses (see :func:`train`'s ``features``), or ``None``."""
+    if features is False:
+        return None
+    if isinstance(features, (str, Path)):
+        features = FeatureStore.load(features)
+    if features is None:
+        if any(p.requires_grad for p in tower.parameters()):
+            log.info("vision features not stored: the vision module holds trainable parameters")
+            return None
+        paths = train_ex.paths + (val_ex.paths if val_ex is not None else [])
+        features = extract(
+            accelerator.unwrap_model(model),
+            processor,
+            paths,
+            progress=progress and accelerator.is_main_process,
+        )
+    problem = features.usable_with(tower, processor, conv.scoring_text())
+    if problem:
+        log.info("vision features not used: %s", problem)
+        return None
+    return features
 
 
 def prepare_model(model: nn.Module, params: Params):
@@ -295,35 +316,6 @@ def open_live(live_dir, accelerator, resume: bool):
 # ---------------------------------------------------------------------------------------------
 # the steps
 # ---------------------------------------------------------------------------------------------
-def warm_feature_cache(
-    accelerator, model, collate: Collator, cache: FeatureCache, batch_size: int, progress: bool
-) -> None:
-    """Fill the feature cache before the first step: every training image, in fixed chunks of the
-    label file's order, each computed by the tower as one batch.
-
-    The chunks depend on the data alone, so a resumed run (a fresh process) computes the very same
-    batches and gets the same features to the bit; during training every image is then a hit.
-    """
-    from tqdm.auto import tqdm
-
-    if not cache.enabled or not cache.installed:
-        return
-    unwrapped, n = accelerator.unwrap_model(model), len(collate.ex)
-    unwrapped.eval()
-    chunks = [list(range(s, min(s + batch_size, n))) for s in range(0, n, batch_size)]
-    with torch.no_grad(), cache.whole(stop=accelerator.distributed_type != "DEEPSPEED"):
-        for idx in tqdm(
-            chunks, desc="vision features", unit="batch", disable=not progress or not accelerator.is_main_process
-        ):
-            batch = collate.images(idx)
-            inputs = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch["inputs"].items()}
-            with cache.keyed(batch["keys"]), contextlib.suppress(StopForward):
-                unwrapped(**inputs)  # stops right after the tower
-            if not cache.enabled:
-                return
-    log.info("vision features of %d training images cached", len(cache))
-
-
 def set_train_mode(model: nn.Module, names, train_vision: bool) -> None:
     """Training mode, except a frozen vision tower (and its batch-norm statistics)."""
     model.train()
@@ -364,13 +356,13 @@ def train_step(
     trainable: list,
     conv: Conversation,
     params: Params,
-    cache: FeatureCache,
+    tower: nn.Module,
 ) -> tuple[bool, dict[str, float]]:
-    """One micro-batch: forward (vision features from the cache), DeQA losses, backward, and on a
-    gradient-sync boundary clipping and the optimizer/scheduler step; (synced, losses)."""
+    """One micro-batch: forward (the tower fed the batch's stored features, if any), DeQA losses,
+    backward, and on a gradient-sync boundary clipping and the optimizer/scheduler step; (synced, losses)."""
     lc = params.loss
     with accelerator.accumulate(model):
-        with cache.keyed(batch["keys"]):
+        with fed(tower, batch["features"]):
             logits = model(**batch["inputs"]).logits
         losses = deqa_loss(
             logits,
@@ -415,12 +407,11 @@ def end_epoch(
     tcfg: TrainConfig,
     live,
     bar,
-    cache: FeatureCache,
+    features: FeatureStore | None = None,
 ) -> None:
     """Validate, remember the best epoch (``train.select: best``) and move on to the next epoch."""
     if val_ex is not None:
-        with cache.whole():  # validation batches are always the same: the first fills the cache batched
-            srcc, plcc = validate(accelerator, model, processor, val_ex, 2 * tcfg.batch_pairs)
+        srcc, plcc = validate(accelerator, model, processor, val_ex, 2 * tcfg.batch_pairs, features)
         entry = {"epoch": state.epoch, "step": state.step, "val_srcc": srcc, "val_plcc": plcc}
         state.history.append(entry)
         if live is not None:
@@ -435,8 +426,11 @@ def end_epoch(
     state.epoch, state.batches_done = state.epoch + 1, 0
 
 
-def validate(accelerator, model, processor, val_ex: Examples, batch_size: int) -> tuple[float, float]:
-    """Val SRCC/PLCC of the model in training, scored by :class:`deqa.scoring.Scorer`.
+def validate(
+    accelerator, model, processor, val_ex: Examples, batch_size: int, features: FeatureStore | None = None
+) -> tuple[float, float]:
+    """Val SRCC/PLCC of the model in training, scored by :class:`deqa.scoring.Scorer` (from the
+    feature store where it holds the images).
 
     Each process scores an equal share of the images (padded, so every process runs the same
     number of forward passes, as ZeRO-3 needs); the predictions are gathered on every process.
@@ -449,7 +443,7 @@ def validate(accelerator, model, processor, val_ex: Examples, batch_size: int) -
     n, world, rank = len(val_ex), accelerator.num_processes, accelerator.process_index
     share = list(range(rank, n, world)) or [0]
     share += share[-1:] * (math.ceil(n / world) - len(share))
-    scorer = Scorer(accelerator.unwrap_model(model), processor, accelerator.device, batch_size)
+    scorer = Scorer(accelerator.unwrap_model(model), processor, accelerator.device, batch_size, features=features)
     result = scorer.score([val_ex.paths[i] for i in share], batch_size=batch_size, progress=False)
     scored = list(zip(share, result.mean.tolist(), strict=True))
     if world > 1:
