@@ -2,6 +2,7 @@
 # re-checks) and then do their job.
 #   make repro        set up, then run the default DVC pipeline (dvc repro)
 #   make repro-real   set up, then run the real-photo pipeline (needs ../shared; see README)
+#   make study        set up, then run the LIVE-C study (needs ../shared/realdata/livec)
 #   make test         set up, then run the test suite
 #   make lint         ruff check + ruff format --check
 #
@@ -17,7 +18,7 @@ TORCH_VERSION ?= 2.13.0
 TORCH_INDEX ?=
 PIP := $(BIN)/python -m pip install --progress-bar on
 
-.PHONY: setup repro repro-real test lint check-python clean-venv
+.PHONY: setup repro repro-real study test lint check-python clean-venv
 
 check-python:
 	@$(PY) -c 'import sys; v = sys.version_info; sys.exit(0 if v >= (3, 11) else \
@@ -44,6 +45,10 @@ repro: setup
 repro-real: setup
 	@test -d ../shared/realdata || { echo "make repro-real needs ../shared/realdata (BIQ2021 and LIVE-C) beside this checkout" >&2; exit 2; }
 	. $(BIN)/activate && dvc update real/data/biq2021.dvc real/data/livec.dvc && dvc repro real/dvc.yaml
+
+study: setup
+	@test -d ../shared/realdata/livec || { echo "make study needs ../shared/realdata/livec (LIVE Challenge) beside this checkout" >&2; exit 2; }
+	. $(BIN)/activate && dvc update studies/livec/data/livec.dvc && dvc repro studies/livec/dvc.yaml
 
 test: setup
 	. $(BIN)/activate && HF_HUB_OFFLINE=1 python -m pytest

@@ -1,6 +1,6 @@
 """Stage evaluate: score the held-out splits and extra sets, write predictions, metrics and plots.
 
-Writes ``--out`` (predictions, plot tables), ``--detail`` (every metric; inside ``--out``) and
+Writes ``--out`` (predictions), ``--plots`` (the plot tables of ``dvc plots``), ``--detail`` (every metric; inside ``--out``) and
 ``--metrics`` (the headline numbers, a DVC metrics file). ``evaluate.extra`` label files and image
 folders, the images the label files name and a local base checkpoint must be declared deps of
 this stage in ``dvc.yaml``.
@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
         model="trained model folder",
         base="base model folder (base_model's output)",
         features="feature store folder (the features stage's output)",
-        out="output folder for predictions and plot data",
+        out="output folder for predictions",
+        plots="output folder for the plot tables (dvc plots)",
         detail="JSON file for every metric",
         metrics="metrics JSON file for the headline numbers",
     )
@@ -61,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     predictions = predict(scorer, frame, cfg.batch_size)
     shutil.rmtree(args.out, ignore_errors=True)
     write_predictions(predictions, args.out)
-    write_plot_tables(predictions, Path(args.out) / "plots")
+    shutil.rmtree(args.plots, ignore_errors=True)
+    write_plot_tables(predictions, args.plots)
     detail = evaluate_predictions(predictions, bootstrap=cfg.bootstrap, seed=params.base.seed)
     write_json(args.detail, detail)
     headline = headline_metrics(detail)

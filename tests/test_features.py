@@ -228,3 +228,29 @@ def test_an_image_changed_on_disk_is_not_served_from_the_store(data, tmp_path):
     Image.new("RGB", (64, 64), (9, 9, 9)).save(copy)
     store.paths.clear()
     assert store.holds([copy]) is None and store.holds([tmp_path / "missing.png"]) is None
+
+
+def test_a_store_loads_in_a_fresh_process(data):
+    """The output structure is recorded as pytree JSON naming transformers' output class, which a
+    new process has not imported yet: loading imports it (only from known packages)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from deqa.features import FeatureStore; s = FeatureStore.load(sys.argv[1]);"
+        "print(s.enabled, len(s), type(s.outputs(sorted(s.entries)[:2])).__name__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(data["store"])], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", str(len(set(data["paths"]))), "BaseModelOutputWithPooling"]
+
+
+def test_a_store_naming_an_unknown_type_is_refused(data, tmp_path):
+    import json
+    import shutil
+
+    shutil.copytree(data["store"], tmp_path / "s")
+    index = json.loads((tmp_path / "s" / "index.json").read_text())
+    index["meta"]["spec"] = index["meta"]["spec"].replace("transformers.modeling_outputs", "evil.module")
+    (tmp_path / "s" / "index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match=r"evil\.module"):
+        FeatureStore.load(tmp_path / "s")

@@ -118,7 +118,6 @@ class Collator:
         self.conv.tokenizer.padding_side = "right"
         self.features = features if features is not None and features.enabled else None
         self.token_id = image_token_id(conversation.processor)
-        self._checked = False
         self._texts: dict[tuple[int, int], str] = {}
 
     def text(self, i: int, epoch: int) -> str:
@@ -136,14 +135,12 @@ class Collator:
         (``None`` where the batch went through the processor)."""
         keys = self.features.holds(paths) if self.features is not None else None
         if keys is not None:
+            problem = check_batch(self.features, self.conv.processor, paths, texts, self.token_id, "training")
+            if problem:
+                log.info("feature store not used for training batches: assembled batch differs (%s)", problem)
+                self.features = None
+                return self.process(paths, texts), None
             batch = self.features.batch(keys, texts, self.conv.tokenizer, self.token_id)
-            if not self._checked:
-                problem = check_batch(self.conv.processor, paths, texts, batch["inputs"])
-                if problem:
-                    log.info("feature store not used for training batches: assembled batch differs (%s)", problem)
-                    self.features = None
-                    return self.process(paths, texts), None
-                self._checked = True
             return batch["inputs"], batch["features"]
         return self.process(paths, texts), None
 

@@ -245,7 +245,7 @@ class Scorer:
         self.conversation.tokenizer.padding_side = "right"
         self.batch_size = batch_size
         self.tower = get_module(model, resolve_modules(model).vision)
-        self.features, self._checked = None, False
+        self.features = None
         if features is not None:
             problem = features.usable_with(self.tower, processor, self.conversation.scoring_text())
             if problem:
@@ -315,14 +315,12 @@ class Scorer:
         if keys is None:
             return None
         texts = [self.conversation.scoring_text()] * len(paths)
+        problem = check_batch(self.features, self.processor, [str(p) for p in paths], texts, self._token_id, "scoring")
+        if problem:
+            log.info("vision features not used for scoring: assembled batch differs (%s)", problem)
+            self.features = None
+            return None
         batch = self.features.batch(keys, texts, self.conversation.tokenizer, self._token_id)
-        if not self._checked:
-            problem = check_batch(self.processor, [str(p) for p in paths], texts, batch["inputs"])
-            if problem:
-                log.info("vision features not used for scoring: assembled batch differs (%s)", problem)
-                self.features = None
-                return None
-            self._checked = True
         enc = batch["inputs"]
         return enc, self.conversation.level_positions(enc["input_ids"], enc["attention_mask"]), batch["features"]
 

@@ -159,9 +159,23 @@ def train(
         "selected": selected(state, tcfg),
     }
     if not interrupted:
+        summary["rater_std"] = rater_std(train_ex)
         datasets = sorted(set(train_ex.dataset.tolist()))
         save_final(accelerator, model, state, processor, conv, params, base_dir, out_dir, summary, datasets)
     return summary
+
+
+def rater_std(examples: Examples) -> dict[str, dict[str, int]]:
+    """Per training dataset: its rows and how many carry a raters' std (``{"rows", "with_std"}``).
+
+    A model trained without any std (BIQ2021: MOS only) learnt no spread of opinions: its
+    predicted std is not a result, and the evaluation and report say so (model card ``training.rater_std``).
+    """
+    out = {}
+    for name in sorted(set(examples.dataset.tolist())):
+        s = examples.s[examples.dataset == name]
+        out[name] = {"rows": len(s), "with_std": int(np.isfinite(s).sum())}
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
