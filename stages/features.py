@@ -4,7 +4,9 @@ Reads ``--manifest`` (the validated manifest: every split) and the ``evaluate.ex
 the base model ``--base``; writes the store to ``--out`` (:mod:`deqa.features`), which ``train``
 and ``evaluate`` read so that no later stage runs the tower or decodes an image again. The
 ``evaluate.extra`` label files and image folders, and the manifest's image folders, must be
-declared deps of this stage in ``dvc.yaml``.
+declared deps of this stage in ``dvc.yaml``. ``--cache`` is a private cache of per-image entries
+(git- and DVC-ignored, like train's checkpoints): a base model with the same tower and processor
+reuses them instead of running the tower again.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         manifest="validated manifest CSV",
         base="base model folder (base_model's output)",
         out="output folder for the feature store",
+        cache="entry cache folder of earlier runs (not a DVC output)",
     )
     set_threads(params.train.threads)
     require_deps(
@@ -37,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     from deqa.feature_stage import build_store, stage_images
 
     images = stage_images(args.manifest, params.evaluate.extra, params.base.seed)
-    store = build_store(params, images, args.base)
+    store = build_store(params, images, args.base, cache_dir=args.cache)
     shutil.rmtree(args.out, ignore_errors=True)
     store.save(args.out)
     what = f"{len(store)} images" if store.enabled else f"nothing ({store.reason})"

@@ -20,8 +20,9 @@ from torch.utils import _pytree as pytree
 import deqa.features
 import deqa.images
 from deqa.data import Collator, Examples, PairDataset
+from deqa.feature_extract import extract
 from deqa.feature_stage import build_store
-from deqa.features import FeatureStore, extract, fed, file_key
+from deqa.features import FeatureStore, fed, file_key
 from deqa.modeling import Conversation, get_module, load_model, load_processor, resolve_modules
 from deqa.scoring import Scorer
 from deqa.training import train
@@ -254,3 +255,39 @@ def test_a_store_naming_an_unknown_type_is_refused(data, tmp_path):
     (tmp_path / "s" / "index.json").write_text(json.dumps(index))
     with pytest.raises(ValueError, match=r"evil\.module"):
         FeatureStore.load(tmp_path / "s")
+
+
+def test_the_entry_cache_serves_a_rebuilt_base_with_the_same_tower_the_same_bytes(data, tmp_path, monkeypatch):
+    """A head change rebuilds the base model but keeps its tower: the stage reads every entry but
+    the probe image from the cache and writes the store it would have computed, byte for byte."""
+    cache = tmp_path / "cache"
+    model, processor = _frozen(data["base"])
+    first = extract(model, processor, data["paths"], progress=False, cache_dir=cache)
+    first.save(tmp_path / "a")
+    from deqa.tiny import build_tiny_llava
+
+    # another head (a wider language model), the same tower (weights, calibration)
+    other = build_tiny_llava(
+        tmp_path / "other",
+        image_size=64,
+        vision_tokens="pooled",
+        hidden_size=48,
+        intermediate_size=64,
+        layers=1,
+        heads=2,
+        seed=0,
+    )
+    calls = []
+    tower_cls = type(get_module(model, "model.vision_tower"))
+    real_forward = tower_cls.forward
+    monkeypatch.setattr(tower_cls, "forward", lambda self, *a, **k: calls.append(1) or real_forward(self, *a, **k))
+    model2, processor2 = _frozen(other)
+    second = extract(model2, processor2, data["paths"], progress=False, cache_dir=cache)
+    second.save(tmp_path / "b")
+    assert len(calls) == 2  # the first image (it fixes the cache folder) and the batching check
+    for name in ("features.safetensors", "index.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    (next(cache.rglob("*.safetensors"))).write_bytes(b"truncated")  # a broken entry is computed again
+    calls.clear()
+    third = extract(model2, processor2, data["paths"], progress=False, cache_dir=cache)
+    assert len(calls) == 3 and sorted(third.entries) == sorted(second.entries)

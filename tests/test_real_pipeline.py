@@ -136,3 +136,19 @@ def test_the_trained_model_scores_from_the_command_line(real, tmp_path):
     assert res.returncode == 0
     row = pd.read_csv(out).iloc[0]
     assert 1 <= row["score"] <= 5
+
+
+def test_an_experiment_retrains_from_the_stored_features_where_only_this_pipeline_ran(real):
+    """``dvc exp run real/dvc.yaml -S real/params.yaml:loss.kl_weight=0.5`` in a clone where the
+    default pipeline never ran (its dvc.lock committed, its outputs in no cache): the experiment
+    succeeds, and only the stages that read the loss run again (the tower's features are reused).
+    Last in this module: the experiment leaves its results in the workspace."""
+    repo = real.parent
+    shutil.copy(ROOT / "dvc.lock", repo / "dvc.lock")  # the default pipeline: recorded, never run here
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "baseline"], repo)
+    out = run([DVC, "exp", "run", "real/dvc.yaml", "-S", "real/params.yaml:loss.kl_weight=0.5"], repo, timeout=900)
+    ran = {line.split("'")[1].split(":")[-1] for line in out.stdout.splitlines() if line.startswith("Running stage")}
+    assert ran == {"train", "evaluate", "report"}, out.stdout[-2000:]
+    shown = run([DVC, "exp", "show", "--md", "--no-pager"], repo).stdout
+    assert "loss.kl_weight" in shown and "0.5" in shown

@@ -15,7 +15,8 @@ from pathlib import Path
 import pandas as pd
 
 from deqa.config import Params
-from deqa.features import FeatureStore, extract
+from deqa.feature_extract import extract
+from deqa.features import FeatureStore
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,11 @@ def stage_images(manifest: str | Path, extra: list, seed: int = 0) -> list[str]:
     return [str(Path(r) / i) for r, i in zip(rows["root"].astype(str), rows["image"].astype(str), strict=True)]
 
 
-def build_store(params: Params, images: list[str], base_dir: str | Path, progress: bool = True) -> FeatureStore:
-    """The feature store of ``images`` for the base model in ``base_dir`` (module docstring)."""
+def build_store(
+    params: Params, images: list[str], base_dir: str | Path, progress: bool = True, cache_dir: str | Path | None = None
+) -> FeatureStore:
+    """The feature store of ``images`` for the base model in ``base_dir`` (module docstring);
+    ``cache_dir``: entries of earlier runs (:class:`deqa.feature_extract.EntryCache`)."""
     import torch
 
     from deqa.modeling import load_model, load_processor, resolve_checkpoint
@@ -59,4 +63,5 @@ def build_store(params: Params, images: list[str], base_dir: str | Path, progres
     trust = params.model.trust_remote_code
     model = load_model(path, trust_remote_code=trust, device="cuda" if torch.cuda.is_available() else None)
     model.requires_grad_(False)
-    return extract(model, load_processor(path, trust_remote_code=trust), images, progress=progress)
+    processor = load_processor(path, trust_remote_code=trust)
+    return extract(model, processor, images, progress=progress, cache_dir=cache_dir)

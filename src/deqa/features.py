@@ -2,7 +2,7 @@
 
 While the vision tower is frozen (the default, and LoRA on the language model of a real
 checkpoint), its output for an image never changes. The ``features`` stage computes it once per
-image with :func:`extract` and saves a store (``data/features/``); ``train`` and ``evaluate`` read
+image with :func:`deqa.feature_extract.extract` and saves a store (``data/features/``); ``train`` and ``evaluate`` read
 it, so a loss, label or head experiment never runs the tower again, and no image is decoded or
 processed after the store exists.
 
@@ -24,7 +24,7 @@ reading them. The caller states image-free batches explicitly (``batch["features
 looks at tensor values to tell. The first assembled batch of a :class:`deqa.data.Collator` or a
 :class:`deqa.scoring.Scorer` is checked against the processor's own encoding of the same images.
 
-**Where it does not apply**, :func:`extract` returns a store that is off, with the reason logged
+**Where it does not apply**, :func:`~deqa.feature_extract.extract` returns a store that is off, with the reason logged
 and saved (``vision features not stored: <reason>``), and training and scoring run the tower as
 usual: a tower holding trainable parameters (a trained tower, or a projector inside the vision
 module, as Qwen2-VL's merger), a tower fed several rows per image (flattened patches or tiles), an
@@ -51,10 +51,6 @@ log = logging.getLogger(__name__)
 TENSORS_FILE, INDEX_FILE = "features.safetensors", "index.json"
 TEXT_KEYS = ("input_ids", "attention_mask")
 FORMAT = 1
-
-
-class StopForward(Exception):
-    """Raised by the capture hook once the tower has run: nothing after it is needed."""
 
 
 def file_key(path: str | Path) -> str:
@@ -125,84 +121,6 @@ class ImageEncoding:
     aligned: dict[str, tuple[int, list[int]]] = field(default_factory=dict)
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     shapes: dict[str, tuple[list[int], str]] = field(default_factory=dict)
-
-
-def encode_image(processor, text: str, image, token_id: int) -> tuple[dict, ImageEncoding]:
-    """The processor's encoding of ``text`` with one image, and that image's :class:`ImageEncoding`.
-
-    Raises ``ValueError`` naming what keeps the encoding from being split per image.
-    """
-    tokenizer = getattr(processor, "tokenizer", processor)
-    enc = dict(processor(text=[text], images=[image], return_tensors="pt"))
-    ids, plain = enc["input_ids"][0].tolist(), list(tokenizer(text)["input_ids"])
-    if plain.count(token_id) != 1:
-        raise ValueError("the prompt does not hold exactly one image token")
-    k, tail = plain.index(token_id), len(plain) - plain.index(token_id) - 1
-    if len(ids) < len(plain) or ids[:k] != plain[:k] or ids[len(ids) - tail :] != plain[k + 1 :]:
-        raise ValueError("the processor changes the text around the image token")
-    span = slice(k, len(ids) - tail)
-    out = ImageEncoding(expansion=ids[span])
-    for name, value in enc.items():
-        if name in TEXT_KEYS:
-            continue
-        if not torch.is_tensor(value) or value.dim() == 0:
-            raise ValueError(f"the processor returns {name!r}, which is not a batch tensor")
-        if value.shape == (1, len(ids)):  # a per-token field
-            row = value[0].tolist()
-            outside = set(row[: span.start] + row[span.stop :])
-            if len(outside) > 1:
-                raise ValueError(f"the per-token field {name!r} varies outside the image's tokens")
-            out.aligned[name] = (outside.pop() if outside else 0, row[span])
-        elif value.is_floating_point():
-            out.shapes[name] = (list(value.shape), str(value.dtype).replace("torch.", ""))
-        else:
-            out.tensors[name] = value.clone()
-    return enc, out
-
-
-def _call_arguments(args: tuple, kwargs: dict) -> tuple[dict, list[torch.Tensor]]:
-    """The non-tensor arguments of a tower call (JSON) and its tensor arguments."""
-    named = [(str(i), a) for i, a in enumerate(args)] + sorted(kwargs.items())
-    tensors = [v for _, v in named if torch.is_tensor(v)]
-    rest = {k: v for k, v in named if not torch.is_tensor(v)}
-    return json.loads(json.dumps(rest, sort_keys=True, default=repr)), tensors
-
-
-@contextlib.contextmanager
-def captured(tower: nn.Module) -> Iterator[dict]:
-    """Inside, the tower's next call is recorded (``call``, ``inputs``, ``output``) and the model's
-    forward stops right after it (:class:`StopForward`)."""
-    record: dict = {}
-
-    def pre(module, args, kwargs):
-        record["call"], record["inputs"] = _call_arguments(args, kwargs)
-
-    def post(module, args, kwargs, output):
-        record["output"] = output
-        raise StopForward
-
-    hooks = [
-        tower.register_forward_pre_hook(pre, with_kwargs=True),
-        tower.register_forward_hook(post, with_kwargs=True),
-    ]
-    try:
-        with contextlib.suppress(StopForward):
-            yield record
-    finally:
-        for h in hooks:
-            h.remove()
-
-
-def tower_output(model: nn.Module, tower: nn.Module, enc: dict, device) -> dict:
-    """Run the model's forward on ``enc`` up to (and including) the tower; the capture record."""
-    inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in enc.items()}
-    if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():  # as Scorer.forward
-        inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
-    with torch.no_grad(), captured(tower) as record:
-        model(**inputs)
-    if "output" not in record:
-        raise ValueError("the model's forward did not call its vision tower")
-    return record
 
 
 # ---------------------------------------------------------------------------------------------
@@ -497,196 +415,4 @@ def check_batch(
         if not y.is_floating_point() and not torch.equal(x, y):
             return f"{name}: values differ"
     store.checked.add(kind)
-    return None
-
-
-# ---------------------------------------------------------------------------------------------
-# computing a store
-# ---------------------------------------------------------------------------------------------
-def extract(
-    model: nn.Module,
-    processor,
-    paths: Iterable[str | Path],
-    *,
-    progress: bool = True,
-    check_batching: bool = True,
-) -> FeatureStore:
-    """The store of the tower outputs of the images at ``paths`` (each image alone, in path order,
-    one entry per distinct file), or a store that is off with the reason (module docstring).
-
-    Unreadable images are left out (logged); whoever needs them later meets the same error.
-    """
-    from tqdm.auto import tqdm
-
-    from deqa.images import ImageLoadError, load_image
-    from deqa.modeling import Conversation, get_module, resolve_modules
-
-    tower = get_module(model, resolve_modules(model).vision)
-    device = next(tower.parameters()).device
-    text = Conversation(processor).scoring_text()
-    token_id = image_token_id(processor)
-    meta = {"format": FORMAT, "tower": tower_digest(tower), "processor": processor_digest(processor, text)}
-    if any(p.requires_grad for p in tower.parameters()):
-        return FeatureStore.off("the vision module holds trainable parameters", **meta)
-    if token_id is None:
-        return FeatureStore.off("the processor names no image token", **meta)
-    model.eval()
-    store, unreadable = FeatureStore(meta), []
-    todo = list(dict.fromkeys(str(p) for p in paths))
-    for path in tqdm(todo, desc="vision features", unit="img", disable=not progress):
-        try:
-            key = file_key(path)
-            if key in store.entries:
-                continue
-            image = load_image(path)
-        except (OSError, ImageLoadError) as exc:
-            unreadable.append(f"{path}: {exc}")
-            continue
-        try:
-            enc, encoding = encode_image(processor, text, image, token_id)
-            record = tower_output(model, tower, enc, device)
-            leaves, spec = _per_image(record)
-            if store._spec is None:
-                _start(store, model, tower, enc, record, spec, device)
-            entry = _entry(store, encoding, leaves, spec, record)
-        except ValueError as exc:
-            return FeatureStore.off(str(exc), **meta)
-        store.entries[key] = entry
-        store.paths[path] = key
-    if unreadable:
-        log.warning("vision features: %d unreadable image(s) left out, e.g. %s", len(unreadable), unreadable[0])
-    if store._spec is None:
-        return FeatureStore.off("no readable image", **meta)
-    store.meta.update(enabled=True, reason=None)
-    if check_batching and len(store) >= 2:
-        problem = _batching_problem(model, tower, processor, text, store, todo, device)
-        if problem:
-            return FeatureStore.off(problem, **meta)
-    log.info(
-        "vision features of %d images stored (%d of the tower's %d output tensors are read by the model)",
-        len(store),
-        store._spec.num_leaves - len(store.meta["unread"]),
-        store._spec.num_leaves,
-    )
-    return store
-
-
-def _start(store: FeatureStore, model, tower, enc: dict, record: dict, spec, device) -> None:
-    """Record the first image's call, output structure and which output tensors the model reads."""
-    try:
-        store.meta["spec"] = pytree.treespec_dumps(spec)
-    except (TypeError, NotImplementedError) as exc:
-        raise ValueError(f"the tower's output type cannot be recorded ({exc})") from None
-    store._spec, store.meta["call"] = spec, record["call"]
-    leaves = pytree.tree_leaves(record["output"])
-    read = _read_leaves(model, tower, enc, leaves, spec, device)
-    store.meta["unread"] = {
-        str(j): None if t is None else [list(t.shape[1:]), str(t.dtype).replace("torch.", "")]
-        for j, t in enumerate(leaves)
-        if j not in read
-    }
-
-
-def _entry(store: FeatureStore, encoding: ImageEncoding, leaves: list[torch.Tensor], spec, record: dict) -> Entry:
-    """The image's entry (the output tensors the model reads), checked against the first image's."""
-    if spec != store._spec or record["call"] != store.meta["call"]:
-        raise ValueError("the tower's output structure or call differs between images")
-    unread = {int(j) for j in store.meta["unread"]}
-    entry = Entry(encoding, [t for j, t in enumerate(leaves) if j not in unread])
-    if store.entries and not _stackable(next(iter(store.entries.values())), entry):
-        raise ValueError("the tower outputs or processor tensors of different images differ in shape")
-    return entry
-
-
-def _read_leaves(model, tower, enc: dict, leaves: list[torch.Tensor], spec, device) -> set[int]:
-    """The output tensors the model's forward reads: those whose replacement by NaN changes the
-    logits (a CLIP tower returns every layer's hidden states; LLaVA reads one of them)."""
-    inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in enc.items()}
-    if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
-        inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
-
-    half = {t.dtype for t in leaves if t is not None and t.dtype in (torch.bfloat16, torch.float16)}
-    # a half-precision checkpoint whose trainable parts were cast to fp32 computes under autocast
-    autocast = torch.autocast(device.type, dtype=half.pop()) if half else contextlib.nullcontext()
-
-    def logits(values: list[torch.Tensor | None]) -> torch.Tensor:
-        values = [None if v is None else v.to(device) for v in values]
-        with torch.no_grad(), autocast, fed(tower, pytree.tree_unflatten(values, spec)):
-            return model(**inputs).logits
-
-    reference, read = logits(leaves), set()
-    for j, t in enumerate(leaves):
-        if t is None:
-            continue
-        if not t.is_floating_point():
-            read.add(j)
-            continue
-        probe = list(leaves)
-        probe[j] = torch.full_like(t, float("nan"))
-        if not torch.equal(logits(probe), reference):
-            read.add(j)
-    if not read:
-        raise ValueError("the model's logits do not depend on its vision tower's outputs")
-    return read
-
-
-def _per_image(record: dict) -> tuple[list[torch.Tensor], object]:
-    """The captured tower output as per-image tensors (CPU copies), and its structure."""
-    rows = {t.shape[0] for t in record["inputs"] if t.dim()}
-    if rows != {1}:
-        raise ValueError(
-            f"the tower's inputs have {sorted(rows)} rows for one image (flattened patches or image tiles), "
-            "so its outputs do not split per image"
-        )
-    leaves, spec = pytree.tree_flatten(record["output"])
-    tensors = [t for t in leaves if t is not None]
-    if not tensors or not all(torch.is_tensor(t) and t.dim() and t.shape[0] == 1 for t in tensors):
-        raise ValueError("the vision outputs do not split per image along dim 0")
-    return [None if t is None else t.detach().to("cpu").clone() for t in leaves], spec
-
-
-def _stackable(a: Entry, b: Entry) -> bool:
-    """Whether two entries' tensors have the same dtypes and shapes beyond dim 0 (so they stack)."""
-
-    def same(x: torch.Tensor, y: torch.Tensor) -> bool:
-        return x.dtype == y.dtype and x.shape[1:] == y.shape[1:]
-
-    ea, eb = a.encoding, b.encoding
-    return (
-        len(a.leaves) == len(b.leaves)
-        and all(same(x, y) for x, y in zip(a.leaves, b.leaves, strict=True))
-        and ea.tensors.keys() == eb.tensors.keys()
-        and all(same(ea.tensors[n], eb.tensors[n]) for n in ea.tensors)
-        and ea.shapes.keys() == eb.shapes.keys()
-        and ea.aligned.keys() == eb.aligned.keys()
-        and all(ea.shapes[n][0][1:] == eb.shapes[n][0][1:] and ea.shapes[n][1] == eb.shapes[n][1] for n in ea.shapes)
-    )
-
-
-def _batching_problem(model, tower, processor, text, store: FeatureStore, paths: list[str], device) -> str | None:
-    """Why stored per-image outputs would not stand for the outputs of a batch, if they would not."""
-    from deqa.images import load_image
-
-    pair = [p for p in paths if store.paths.get(p) in store.entries][:2]
-    try:
-        enc = dict(processor(text=[text] * 2, images=[load_image(p) for p in pair], padding=True, return_tensors="pt"))
-    except Exception:  # images the processor cannot batch: the batch check is moot
-        return None
-    record = tower_output(model, tower, enc, device)
-    batched = pytree.tree_leaves(record["output"])
-    stored = pytree.tree_leaves(store.outputs([store.paths[p] for p in pair]))
-    unread = {int(j) for j in store.meta["unread"]}
-    for j, (x, y) in enumerate(zip(stored, batched, strict=True)):
-        if j in unread:
-            continue
-        y = y.detach().to("cpu")
-        eps = torch.finfo(y.dtype).eps if y.is_floating_point() else 0.0
-        scale = max(float(y.abs().max()) if y.numel() and y.is_floating_point() else 1.0, 1.0)
-        if x.shape != y.shape or not torch.allclose(
-            x.double(), y.double(), rtol=max(1e-4, 16 * eps), atol=max(1e-5, 16 * eps) * scale
-        ):
-            return (
-                "the tower's output for an image depends on the other images in its batch "
-                "(flattened patches, tiles or batch statistics)"
-            )
     return None

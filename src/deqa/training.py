@@ -56,7 +56,8 @@ from torch import nn
 from deqa.checkpointing import Checkpoints, TrainState, fingerprint
 from deqa.config import Params, TrainConfig, to_dict
 from deqa.data import Collator, Examples, PairDataset
-from deqa.features import FeatureStore, extract, fed
+from deqa.feature_extract import extract
+from deqa.features import FeatureStore, fed
 from deqa.losses import deqa_loss
 from deqa.modeling import (
     MODEL_CARD,
