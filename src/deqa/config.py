@@ -224,7 +224,7 @@ class SyntheticConfig(_Section):
 
     ``val_photos``/``test_photos`` name whole source photos, so the splits are content-disjoint;
     every other photo (plus ``extra_train_photos``) is training content. ``distortions`` picks
-    from :data:`deqa.synthetic.DISTORTIONS` (names and photos are checked by ``deqa.synthetic``).
+    from :data:`deqa.distortions.DISTORTIONS` (names and photos are checked by ``deqa.synthetic``).
     """
 
     crops_per_photo: int = _f(20, AT_LEAST_1)

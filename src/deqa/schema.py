@@ -47,7 +47,7 @@ VOTE_COLUMNS = ["c1", "c2", "c3", "c4", "c5"]
 PROVENANCE_COLUMNS = ["content", "distortion", "severity"]
 DEFAULT_DISTORTIONS = ("gaussian_blur", "gaussian_noise", "jpeg", "contrast", "pixelation", "motion_blur")
 """The distortions the generated sets (synthetic, distorted, sensitivity) use unless told otherwise
-(:data:`deqa.synthetic.DISTORTIONS` also has ``saturation``)."""
+(:data:`deqa.distortions.DISTORTIONS` also has ``saturation``)."""
 SPLITS = ("train", "val", "test")
 PROB_COLUMNS = [f"p_{level}" for level in LEVELS]
 LABEL_COLUMNS = MANIFEST_COLUMNS + ["m", "s", *PROB_COLUMNS, "label_kind", "fallback"]
