@@ -123,7 +123,7 @@ def test_dvc_yaml_stages_match_scripts_params_and_outputs():
 
 
 # ---------------------------------------------------------------------------------------------
-# values checked at load time (project issue #11, failure 6)
+# values checked at load time
 # ---------------------------------------------------------------------------------------------
 BAD_VALUES = [
     ("train.lr", -1, "train.lr: must be > 0, got -1"),

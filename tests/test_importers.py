@@ -217,7 +217,7 @@ def test_load_sources_combines_and_each_keeps_its_bounds(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# malformed rows, encodings, original texts and provenance (issue #12)
+# malformed rows, encodings, original texts and provenance
 # ---------------------------------------------------------------------------------------------
 def test_extra_field_on_the_first_data_row_never_shifts_the_rows(tmp_path):
     path = tmp_path / "l.csv"

@@ -1,9 +1,9 @@
 """End to end: the real DVC pipeline at a tiny size in a temporary git repo (see tiny_repo.py).
 
-Beyond "it runs": a code edit makes exactly the stages that import the module stale (failure 1 of
-project issue #11); going back to params already run restores from DVC's run-cache instead of
-retraining, and the training curves of two experiments can be compared (failure 5); a temporary
-experiment never silently drops an evaluation set outside the repository (failure 5).
+Beyond "it runs": a code edit makes exactly the stages that import the module stale; going back
+to params already run restores from DVC's run-cache instead of retraining, and the training curves
+of two experiments can be compared; a temporary experiment never silently drops an evaluation set
+outside the repository.
 """
 
 import json

@@ -189,10 +189,3 @@ def write_predictions(predictions: pd.DataFrame, out_dir: str | Path) -> list[Pa
     quarantined(predictions).to_csv(out_dir / "quarantine.csv", index=False)
     written.append(out_dir / "quarantine.csv")
     return written
-
-
-def headline(metrics: dict) -> dict[str, float | None]:
-    """The few numbers a console summary shows: test (else val) overall SRCC/PLCC."""
-    split = "test" if "test" in metrics else next(iter(metrics), None)
-    block = metrics.get(split, {}).get("overall", {}) if split else {}
-    return {"split": split, **{k: block.get(k) for k in ("n", "srcc", "plcc", "std_srcc", "entropy")}}

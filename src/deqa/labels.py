@@ -41,13 +41,12 @@ import pandas as pd
 from scipy import special
 
 from deqa.config import SoftLabelsConfig
-from deqa.schema import LABEL_COLUMNS, MANIFEST_COLUMNS, PROB_COLUMNS
+from deqa.schema import LABEL_COLUMNS, LEVEL_THRESHOLDS, MANIFEST_COLUMNS, PROB_COLUMNS
 
 LEVEL_VALUES = np.arange(1.0, 6.0)
 """The level numbers 1..5 (bad..excellent)."""
 
-ONEHOT_THRESHOLDS = np.array([1.8, 2.6, 3.4, 4.2])
-"""Upper edges of the first four one-hot bins of [1, 5] (bins closed on the right)."""
+ONEHOT_THRESHOLDS = LEVEL_THRESHOLDS  # old name, kept until tests/test_metrics.py drops it: use LEVEL_THRESHOLDS
 
 KINDS = ("soft", "onehot", "binary")
 DENSITIES = ("pdf", "cdf")
@@ -156,7 +155,7 @@ def onehot_labels(m: Any) -> np.ndarray:
     Bins are closed on the right (m = 1.8 is level 1). Returns shape ``m.shape + (5,)``.
     """
     m = _finite_m(m)
-    level = np.searchsorted(ONEHOT_THRESHOLDS, m, side="left")  # 0..4
+    level = np.searchsorted(LEVEL_THRESHOLDS, m, side="left")  # 0..4
     return (level[..., None] == np.arange(5)).astype(float)
 
 

@@ -89,8 +89,8 @@ class MobileNetV2VisionConfig(PretrainedConfig):
         self.standardise = standardise
         self.stats = list(stats)
         self.layers = layers
-        # frozen-tower inference runs in micro-batches: a batch of 32 at 384 px is 4-6x slower per
-        # image than batches of 4 on a CPU (cache misses; bench/realdata_features.py)
+        # frozen-tower inference runs in micro-batches: on a CPU small batches are faster per image
+        # than one large batch (cache misses; the measurement is in BENCHMARKS.md)
         self.micro_batch = micro_batch
         # LLaVA's projector and processor read these two
         channels = sum(_BLOCK_CHANNELS[i] for i in LAYER_SETS[layers])
