@@ -1,4 +1,4 @@
-"""The file contracts between stages. Each is defined once here and documented in the README.
+"""The file contracts between stages. Each is defined once here and documented in docs/data.md.
 
 All files are CSV (UTF-8, header row). Level-probability columns are always ordered bad..excellent.
 
