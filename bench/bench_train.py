@@ -74,7 +74,10 @@ def child(params_file: str, epochs: int) -> dict:
     for clock, name in ((0, "wall"), (1, "cpu")):  # steps per second of wall-clock and of CPU time
         res[f"{name}_whole"] = summary["steps"] / (seconds if clock == 0 else cpu)
         start = t0 if clock == 0 else c0  # from the call: set-up and the cache fill included
-        res[f"{name}_epoch1"] = per_epoch / (stamps[per_epoch][clock] - start) if n > per_epoch else 0.0
+        end = (
+            stamps[per_epoch][clock] if n > per_epoch else start + (seconds if clock == 0 else cpu)
+        )  # 1 epoch: the call
+        res[f"{name}_epoch1"] = per_epoch / (end - start) if n >= per_epoch else 0.0
         res[f"{name}_later"] = (
             (n - 1 - per_epoch) / (stamps[-1][clock] - stamps[per_epoch][clock]) if n > per_epoch + 1 else 0.0
         )
