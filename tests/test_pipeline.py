@@ -59,9 +59,10 @@ def test_repro_produces_every_output(repo):
     test = pred[(pred["split"] == "test") & (pred["dataset"] == "synthetic")]
     assert len(test) == len(pd.read_csv(repo / "data/soft_labels/test.csv")) > 0
     assert test["pred_mean"].between(1, 5).all() and test["pred_mean"].nunique() > 1
-    rounded = 5.1e-5  # the headline file keeps 4 decimals
-    assert ev["srcc"] == pytest.approx(spearmanr(test["pred_mean"], test["m"]).statistic, abs=rounded)
-    assert ev["krcc"] == pytest.approx(kendalltau(test["pred_mean"], test["m"]).statistic, abs=rounded)
+    # (the CSV keeps 6 significant digits, which ties a few near-equal predictions of the tiny model)
+    assert ev["srcc"] == pytest.approx(spearmanr(test["pred_mean"], test["m"]).statistic, abs=0.01)
+    assert ev["krcc"] == pytest.approx(kendalltau(test["pred_mean"], test["m"]).statistic, abs=0.01)
+    assert ev["srcc"] > 0.2  # even the tiny model, one epoch on one crop per photo, ranks far above chance
     plots = run([DVC, "plots", "show", "--json"], repo).stdout
     assert "confusion" in plots and "scatter" in plots and "dvclive/train/plots/metrics" in plots
     assert "data:image/png;base64," in (repo / "reports/report.html").read_text()
