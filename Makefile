@@ -1,10 +1,12 @@
-# The two commands of the README. Both set everything up first (idempotent: a second run only
-# re-checks) and then do their job.
+# The commands of the README. Each sets everything up first (idempotent: a second run only
+# re-checks) and then does its job.
 #   make repro        set up, then run the default DVC pipeline (dvc repro)
 #   make repro-real   set up, then run the real-photo pipeline (needs ../shared; see README)
 #   make study        set up, then run the LIVE-C study (needs ../shared/realdata/livec)
-#   make test         set up, then run the test suite
+#   make test         set up, then run the fast tests (everything but the `slow` marker; minutes)
+#   make test-slow    set up, then run the slow end-to-end tests (pipelines in temporary repos)
 #   make lint         ruff check + ruff format --check
+# CI (.ci/run) runs lint, test and test-slow: together, the whole suite.
 #
 # Where torch comes from: TORCH_INDEX (empty by default = pip's configured index). On this
 # project's machines pip finds a local CPU wheel of torch 2.13.0. Elsewhere, PyPI's Linux wheel of
@@ -18,7 +20,7 @@ TORCH_VERSION ?= 2.13.0
 TORCH_INDEX ?=
 PIP := $(BIN)/python -m pip install --progress-bar on
 
-.PHONY: setup repro repro-real study test lint check-python clean-venv
+.PHONY: setup repro repro-real study test test-slow lint check-python clean-venv
 
 check-python:
 	@$(PY) -c 'import sys; v = sys.version_info; sys.exit(0 if v >= (3, 11) else \
@@ -51,7 +53,10 @@ study: setup
 	. $(BIN)/activate && dvc update studies/livec/data/livec.dvc && dvc repro studies/livec/dvc.yaml
 
 test: setup
-	. $(BIN)/activate && HF_HUB_OFFLINE=1 python -m pytest
+	. $(BIN)/activate && HF_HUB_OFFLINE=1 python -m pytest -m "not slow"
+
+test-slow: setup
+	. $(BIN)/activate && HF_HUB_OFFLINE=1 python -m pytest -m slow
 
 lint: setup
 	. $(BIN)/activate && ruff check . && ruff format --check .

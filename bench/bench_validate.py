@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     from deqa.config import SourceConfig, SyntheticConfig, ValidateConfig
     from deqa.importers import load_sources
     from deqa.synthetic import BASE_PHOTOS
-    from deqa.validation import file_facts, validate_manifest
+    from deqa.validation import validate_manifest
+    from deqa.validation.facts import file_facts
 
     per_crop = 6 * 5 + 1
     crops = math.ceil(args.rows / (len(BASE_PHOTOS) * per_crop))

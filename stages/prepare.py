@@ -13,7 +13,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's deqa
 
-from deqa.importers import LabelImportError, load_sources
+from deqa.importers import LabelImportError
+from deqa.sources import load_sources
 from deqa.stage import parse_stage_args, require_deps, source_inputs
 from deqa.synthetic import SyntheticError
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's deqa
 
+from deqa.distortions import SyntheticError
 from deqa.stage import parse_stage_args
-from deqa.synthetic import SyntheticError
 
 
 def main(argv: list[str] | None = None) -> int:

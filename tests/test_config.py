@@ -62,7 +62,7 @@ def test_every_key_can_be_overridden_like_dvc_exp_run_S():
             obj = parsed
             *path, last = key.split(".")
             for p in path:
-                obj = getattr(obj, p)
+                obj = obj[p] if isinstance(obj, dict) else getattr(obj, p)  # mappings: study.variants.<name>
             tp = typing.get_type_hints(type(obj))[last]
             options = [a for a in get_args(tp) if a != value] if get_origin(tp) is Literal else []
             new = options[0] if options else value + "x"
@@ -96,7 +96,7 @@ def test_dvc_yaml_stages_match_scripts_params_and_outputs():
     dvc = _yaml("dvc.yaml")
     stages = dvc["stages"]
     sections = set(to_dict(Params()))
-    expected = ["prepare", "validate", "soft_labels", "base_model", "train", "sensitivity", "evaluate", "report"]
+    expected = ["prepare", "validate", "soft_labels", "base_model", "features", "train", "sensitivity", "evaluate", "report"]
     assert list(stages) == expected
     used = set()
     for name, stage in stages.items():
@@ -123,7 +123,7 @@ def test_dvc_yaml_stages_match_scripts_params_and_outputs():
 
 
 # ---------------------------------------------------------------------------------------------
-# values checked at load time (project issue #11, failure 6)
+# values checked at load time
 # ---------------------------------------------------------------------------------------------
 BAD_VALUES = [
     ("train.lr", -1, "train.lr: must be > 0, got -1"),

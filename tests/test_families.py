@@ -216,8 +216,22 @@ def test_stored_features_are_exact_or_off(family, data, tmp_path, caplog):
         torch.testing.assert_close(out[True][k], out[False][k], rtol=1e-4, atol=1e-5)
 
 
+def _tower_weights(model_dir: Path, projector: str) -> dict[str, torch.Tensor]:
+    """The vision tower's weights as deqa score loads the model (adapter merged), projector left out."""
+    from deqa.modeling import get_module
+    from deqa.scoring import Scorer
+
+    model = Scorer.from_pretrained(model_dir).model
+    model = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+    vision = resolve_modules(model).vision
+    inner = projector[len(vision) + 1 :] + "." if projector.startswith(vision + ".") else None
+    state = get_module(model, vision).state_dict()
+    return {k: v.clone() for k, v in state.items() if not (inner and k.startswith(inner))}
+
+
 def test_training_the_vision_tower_too(family, data, tmp_path):
-    """``train.train_vision`` saves the tower whole (a projector inside it goes with it) and reloads."""
+    """``train.train_vision`` trains the tower, saves it whole (a projector inside it goes with it)
+    and the scorer reloads the trained tower; without it the tower stays the base's."""
     from deqa.scoring import Scorer
 
     train(
@@ -229,6 +243,15 @@ def test_training_the_vision_tower_too(family, data, tmp_path):
         None,
         progress=False,
     )
+    base = {k: v for k, v in load_model(family["base"]).state_dict().items()}
+    names = resolve_modules(load_model(family["base"]))
+    prefix = names.vision + "."
+    base_tower = {k[len(prefix) :]: v for k, v in base.items() if k.startswith(prefix)}
+    trained = _tower_weights(tmp_path / "m", names.projector)
+    frozen = _tower_weights(family["model"], names.projector)
+    assert trained.keys() == frozen.keys() and trained.keys() <= base_tower.keys()
+    assert any(not torch.equal(trained[k], base_tower[k]) for k in trained)  # trained, saved and reloaded
+    assert all(torch.equal(frozen[k], base_tower[k]) for k in frozen)  # the fixture trained without it
     res = Scorer.from_pretrained(tmp_path / "m").score(data["images"][:2])
     assert np.isfinite(res.mean).all()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from pathlib import Path
@@ -10,9 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from deqa.config import SourceConfig
-from deqa.importers import FORMATS, LabelImportError, import_labels, load_sources, seeded_split
-from deqa.schema import MANIFEST_COLUMNS, VOTE_COLUMNS
+from deqa.commands import validate as validate_command
+from deqa.config import SOURCE_FORMATS, SourceConfig
+from deqa.importers import LabelImportError, import_labels, seeded_split
+from deqa.schema import LABEL_FORMATS, MANIFEST_COLUMNS, VOTE_COLUMNS
+from deqa.sources import load_sources
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 KONIQ = SHARED / "data" / "koniq"
@@ -22,8 +25,44 @@ LIVEC = SHARED / "realdata" / "livec" / "labels.csv"
 KONIQ_LO, KONIQ_HI = 1.0961538462, 4.31
 
 
-def test_formats_cover_the_issue():
-    assert set(FORMATS) == {"generic-csv", "koniq", "kadid", "spaq", "livec", "qalign-json", "deqa-json"}
+# one small file per label-file format: (file name, contents, expected [(image, mos, std)])
+EXAMPLES = {
+    "generic-csv": ("l.csv", "image,mos,std\na.png,3.5,0.4\nb.png,2,\n", [("a.png", 3.5, 0.4), ("b.png", 2.0, None)]),
+    "koniq": (
+        "k.csv",
+        "image_name,c1,c2,c3,c4,c5,c_total,MOS,SD,MOS_zscore,set\na.jpg,0,0,2,2,1,5,3.8,0.8366600265,60,training\n",
+        [("a.jpg", 3.8, 0.8366600265)],
+    ),
+    "kadid": ("dmos.csv", "dist_img,ref_img,dmos,var\nI01_01_01.png,I01.png,4.5,0.25\n", [("I01_01_01.png", 4.5, 0.5)]),
+    "spaq": ("s.csv", "Image name,MOS,Brightness\n00001.jpg,42.5,50\n", [("00001.jpg", 42.5, None)]),
+    "livec": (
+        "labels.csv",
+        "file,mos,std,split\nimages/1.bmp,60.5,12.0,test\ntrainingImages/t.bmp,50,10,practice\n",
+        [("images/1.bmp", 60.5, 12.0)],
+    ),
+    "qalign-json": (
+        "q.json",
+        json.dumps([{"image": "a.jpg", "gt_score": 3.5}, {"img_path": "b.jpg", "id": "b->2.0"}]),
+        [("a.jpg", 3.5, None), ("b.jpg", 2.0, None)],
+    ),
+    "deqa-json": ("d.json", json.dumps([{"image": "a.jpg", "gt_score": 3.5, "std": 0.4}]), [("a.jpg", 3.5, 0.4)]),
+}
+
+
+@pytest.mark.parametrize("fmt", LABEL_FORMATS)
+def test_every_label_format_imports_its_own_layout(fmt, tmp_path):
+    """Each format of deqa.schema.LABEL_FORMATS reads a file of its layout (a new format without an
+    example here fails), and is accepted as a source format and by ``deqa validate --format``."""
+    name, text, expected = EXAMPLES[fmt]
+    (tmp_path / name).write_text(text)
+    df = import_labels(tmp_path / name, fmt, split="test")
+    got = [(i, m, None if math.isnan(s) else s) for i, m, s in zip(df["image"], df["mos"], df["std"], strict=True)]
+    assert [(i, pytest.approx(m), s if s is None else pytest.approx(s)) for i, m, s in expected] == got
+    assert list(df.columns[: len(MANIFEST_COLUMNS)]) == MANIFEST_COLUMNS and (df["dataset"] == fmt).all()
+    assert fmt in SOURCE_FORMATS
+    parser = argparse.ArgumentParser()
+    validate_command.add_arguments(parser)
+    assert parser.parse_args([str(tmp_path / name), "--format", fmt]).format == fmt
 
 
 @pytest.mark.parametrize("name", ["koniq10k_scores_and_distributions_DERIVED.csv", "koniq10k_distributions_sets.csv"])
@@ -178,7 +217,7 @@ def test_load_sources_combines_and_each_keeps_its_bounds(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# malformed rows, encodings, original texts and provenance (issue #12)
+# malformed rows, encodings, original texts and provenance
 # ---------------------------------------------------------------------------------------------
 def test_extra_field_on_the_first_data_row_never_shifts_the_rows(tmp_path):
     path = tmp_path / "l.csv"

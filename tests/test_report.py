@@ -22,6 +22,7 @@ from PIL import Image
 
 from deqa import metrics, report
 from deqa.config import Params, to_dict
+from deqa.labels import make_labels, onehot_labels
 from deqa.report import browser, context, experiments, inputs, provenance
 from deqa.schema import PREDICTION_COLUMNS, PROB_COLUMNS
 
@@ -144,6 +145,18 @@ def _write_stage_metrics(root: Path) -> None:
     )
 
 
+def _write_label_files(root: Path, predictions: pd.DataFrame, kind: str) -> None:
+    """The soft_labels stage's files for the training datasets' rows (not the cross-dataset set)."""
+    rows = predictions[predictions["split"] != "cross"]
+    probs, _ = make_labels(rows["m"].to_numpy(float), rows["s"].to_numpy(float), kind=kind)
+    table = rows[["image", "root", "dataset", "split", "mos", "std", "m", "s"]].copy()
+    table[PROB_COLUMNS] = probs
+    table["label_kind"], table["fallback"] = kind, False
+    (root / "data/soft_labels").mkdir(parents=True, exist_ok=True)
+    for split in ("train", "val", "test"):
+        table[table["split"] == split].to_csv(root / f"data/soft_labels/{split}.csv", index=False)
+
+
 @pytest.fixture
 def outputs(tmp_path: Path) -> Path:
     """A checkout's pipeline outputs, in the shapes the stages write them."""
@@ -160,6 +173,7 @@ def outputs(tmp_path: Path) -> Path:
     (tmp_path / "metrics").mkdir()
     (tmp_path / "metrics/evaluate.json").write_text(json.dumps(metrics.headline_metrics(detail)))
     _write_stage_metrics(tmp_path)
+    _write_label_files(tmp_path, df, "soft")
     manifest = df[["image", "root", "dataset", "split", "mos", "std"]]
     pd.concat([manifest, manifest.assign(split="train")]).to_csv(tmp_path / "data/validate/manifest.csv", index=False)
     (tmp_path / "metrics/train.json").write_text(json.dumps({"steps": 20, "val_srcc": 0.6, "best_epoch": 2}))
@@ -237,6 +251,26 @@ def test_discretisation_soft_and_onehot_side_by_side_and_validation_table(output
     assert '<td class="l">train</td>' in data  # the manifest's training split is summarised
     training = _section(page, "training")
     assert "best_epoch" in training and "20" in training
+
+
+def test_examples_show_the_training_labels_of_the_soft_labels_stage_whatever_their_kind(outputs):
+    """Under ``soft_labels.kind: onehot`` the example bars are the one-hot labels the model was
+    trained on (read from data/soft_labels, not recomputed as Gaussians from the params)."""
+    params = to_dict(Params())
+    params["soft_labels"]["kind"] = "onehot"
+    (outputs / "params.yaml").write_text(yaml.safe_dump(params))
+    predictions = pd.read_csv(outputs / "data/evaluate/predictions.csv")
+    _write_label_files(outputs, predictions, "onehot")
+    data = report.collect(report.ReportSources(base_dir=outputs))
+    test_set = next(s for s in data.evaluate.value if s.key == "test/synthetic")
+    shown = context.examples(data, test_set, 3)
+    for e in shown["best"] + shown["worst"]:
+        assert e["label_kind"] == "onehot" and e["bars"] is not None
+        np.testing.assert_array_equal(e["label"], onehot_labels(e["m"]))
+    cross = next(s for s in data.evaluate.value if s.split == "cross")  # never trained on: no label
+    assert all(e["label"] is None and e["label_kind"] is None for e in context.examples(data, cross, 2)["best"])
+    page, _ = _build(outputs)
+    assert "training label: onehot" in _section(page, "examples") and "training label: soft" not in page
 
 
 def test_worst_examples_spread_over_distortions():

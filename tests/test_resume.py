@@ -41,7 +41,7 @@ if cfg.get("code_digest"):  # the checkout may be edited while the test runs: pi
 params = small_params(**cfg["train"])
 params.lora.dropout = cfg["dropout"]
 calls = [0]
-loss, validate = training.deqa_loss, training.validate
+loss, validate = training.deqa_loss, training.val_correlations
 
 def blocking_loss(*args, **kwargs):
     calls[0] += 1
@@ -57,7 +57,7 @@ def scripted_validate(*args, **kwargs):  # the real validation runs; its SRCC is
 
 training.deqa_loss = blocking_loss
 if cfg.get("val_srcc"):
-    training.validate = scripted_validate
+    training.val_correlations = scripted_validate
 summary = training.train(params, cfg["labels"], cfg["base"], cfg["out"], cfg["ckpt"], cfg["live"], progress=False)
 json.dump(summary, open(cfg["summary"], "w"))
 """

@@ -11,9 +11,10 @@ import pytest
 from PIL import Image
 from scipy.stats import spearmanr
 
-from deqa.config import SourceConfig, SyntheticConfig, ValidateConfig
-from deqa.importers import import_labels, load_sources
+from deqa.config import DistortedConfig, SourceConfig, SyntheticConfig, ValidateConfig
+from deqa.importers import import_labels
 from deqa.schema import MANIFEST_COLUMNS, PROVENANCE_COLUMNS, VOTE_COLUMNS
+from deqa.sources import load_sources
 from deqa.synthetic import (
     BASE_PHOTOS,
     DISTORTIONS,
@@ -22,7 +23,6 @@ from deqa.synthetic import (
     generate_from_photos,
     load_photo,
     photo_splits,
-    photos_from_labels,
     photos_from_manifest,
 )
 from deqa.validation import validate_manifest
@@ -191,16 +191,23 @@ def test_photo_sources_keep_split_and_pass_the_quality_bar(rated_photos):
         photos_from_manifest(_manifest(rated_photos), min_quality=4.9)
 
 
-def test_photo_sources_from_a_label_file_use_the_importer_split(rated_photos):
-    photos = photos_from_labels(
-        rated_photos / "labels.csv", lo=0.0, hi=1.0, min_quality=1.0, seed=0, val_fraction=0.2, test_fraction=0.2
+def test_a_distorted_source_keeps_the_split_its_photos_got_from_the_importer(rated_photos, tmp_path):
+    """prepare's path: a generic-csv source split by the importer, then a distorted source of its photos."""
+    sources = [
+        SourceConfig(name="photos", format="generic-csv", labels=str(rated_photos / "labels.csv"), lo=0.0, hi=1.0),
+        SourceConfig(name="dist", format="distorted", photos="photos"),
+    ]
+    cfg = DistortedConfig(image_size=32, min_quality=1.0, max_photos=0, distortions_per_photo=1, severities=2)
+    df = load_sources(
+        sources, seed=0, val_fraction=0.2, test_fraction=0.2, distorted=cfg, out_dir=tmp_path, progress=False
     )
-    rows = import_labels(
-        rated_photos / "labels.csv", "generic-csv", lo=0.0, hi=1.0, seed=0, val_fraction=0.2, test_fraction=0.2
-    )
-    assert {p.content: p.split for p in photos} == {
-        Path(i).stem: s for i, s in zip(rows["image"], rows["split"], strict=True)
-    }
+    photos = df[df["dataset"] == "photos"]
+    split_of = {Path(i).stem: s for i, s in zip(photos["image"], photos["split"], strict=True)}
+    assert set(photos["split"]) == {"train", "val", "test"}  # the seeded split, not one split for all
+    dist = df[df["dataset"] == "dist"]
+    assert len(dist) == len(photos) * (1 + 2) and set(dist["content"]) == set(split_of)
+    assert all(split_of[c] == s for c, s in zip(dist["content"], dist["split"], strict=True))
+    assert (dist["lo"] == 1.0).all() and (dist["hi"] == 5.0).all()
 
 
 @pytest.fixture(scope="module")

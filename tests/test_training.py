@@ -113,14 +113,14 @@ def test_select_best_saves_the_best_epoch_and_last_the_last(data, tmp_path, monk
     from peft import PeftModel
 
     base, labels = data
-    real = training.validate
+    real = training.val_correlations
     script = []
 
     def scripted(*args, **kwargs):
         _, plcc = real(*args, **kwargs)
         return script.pop(0), plcc
 
-    monkeypatch.setattr(training, "validate", scripted)
+    monkeypatch.setattr(training, "val_correlations", scripted)
     runs = {}
     for select in ("best", "last"):
         script[:] = [0.8, 0.3, 0.5]

@@ -371,7 +371,7 @@ def test_cli_validate(data, tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------------------------
-# hostile rows (issue #12): each is a reason of its own row, never an aborted run
+# hostile rows: each is a reason of its own row, never an aborted run
 # ---------------------------------------------------------------------------------------------
 def _hostile(root: Path, case: str) -> str:
     import os

@@ -3,8 +3,9 @@
 Modules:
 - :mod:`deqa.config`: typed ``params.yaml``.
 - :mod:`deqa.schema`: the file contracts between stages (manifest, labels, predictions).
-- :mod:`deqa.importers`, :mod:`deqa.synthetic`: the ``prepare`` stage's sources (label files,
-  the synthetic set, distorted versions of rated photos).
+- :mod:`deqa.sources`: the ``prepare`` stage's sources combined, from :mod:`deqa.importers`
+  (label files) and :mod:`deqa.synthetic` (the synthetic set, distorted versions of rated photos).
+- :mod:`deqa.distortions`: the distortions and the one loop that writes every generated set.
 - :mod:`deqa.images`: decoding rules for every image read (16-bit, EXIF, alpha).
 - :mod:`deqa.validation`: the great-expectations suite of the ``validate`` stage.
 - :mod:`deqa.labels`: DeQA-Score soft labels (``soft_labels`` stage).

@@ -39,9 +39,8 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
-from deqa.schema import DEFAULT_DISTORTIONS, DERIVED_FORMATS, LABEL_FORMATS, VISION_LAYERS, VISION_STATS
+from deqa.schema import DEFAULT_DISTORTIONS, DERIVED_FORMATS, LABEL_FORMATS, SPLITS, VISION_LAYERS, VISION_STATS
 
-SPLIT_NAMES = ("train", "val", "test")
 SOURCE_FORMATS = (*DERIVED_FORMATS, *LABEL_FORMATS)
 
 
@@ -225,7 +224,7 @@ class SyntheticConfig(_Section):
 
     ``val_photos``/``test_photos`` name whole source photos, so the splits are content-disjoint;
     every other photo (plus ``extra_train_photos``) is training content. ``distortions`` picks
-    from :data:`deqa.synthetic.DISTORTIONS` (names and photos are checked by ``deqa.synthetic``).
+    from :data:`deqa.distortions.DISTORTIONS` (names and photos are checked by ``deqa.synthetic``).
     """
 
     crops_per_photo: int = _f(20, AT_LEAST_1)
@@ -314,9 +313,7 @@ class ValidateConfig(_Section):
     min_side: int = _f(16, AT_LEAST_1)
     max_pixels: int = _f(40_000_000, AT_LEAST_1)
     vote_tolerance: float = _f(0.05, NON_NEGATIVE)
-    required_splits: list[str] = field(
-        default_factory=lambda: ["train", "val", "test"], metadata={"check": Items(SPLIT_NAMES)}
-    )
+    required_splits: list[str] = field(default_factory=lambda: list(SPLITS), metadata={"check": Items(SPLITS)})
 
 
 @dataclass
@@ -409,7 +406,7 @@ class LossConfig(_Section):
 @dataclass
 class EvaluateConfig(_Section):
     batch_size: int = _f(32, AT_LEAST_1)
-    splits: list[str] = field(default_factory=lambda: ["val", "test"], metadata={"check": Items(SPLIT_NAMES)})
+    splits: list[str] = field(default_factory=lambda: ["val", "test"], metadata={"check": Items(SPLITS)})
     bootstrap: int = _f(1000, NON_NEGATIVE)
     extra: list[SourceConfig] = field(default_factory=list)
 

@@ -66,7 +66,7 @@ def extra_set(source, seed: int = 0, validate: ValidateConfig | None = None) -> 
     defaults of ``ValidateConfig``); the rows are always quarantined, never failed, and no split
     or row count is required of an evaluation-only set.
     """
-    from deqa.importers import import_labels
+    from deqa.importers import import_source
     from deqa.validation import validate_manifest
 
     v = validate or ValidateConfig()
@@ -78,17 +78,7 @@ def extra_set(source, seed: int = 0, validate: ValidateConfig | None = None) -> 
         vote_tolerance=v.vote_tolerance,
         required_splits=[],
     )
-    df = import_labels(
-        source.labels,
-        source.format,
-        root=source.root,
-        name=source.name,
-        lo=source.lo,
-        hi=source.hi,
-        split="test",
-        seed=seed,
-        annotate=True,
-    )
+    df = import_source(source, split="test", seed=seed, annotate=True)
     result = validate_manifest(df, cfg, required_splits=[], progress=False)
     kept = result.kept.copy()
     kept["split"] = CROSS_SPLIT
@@ -189,10 +179,3 @@ def write_predictions(predictions: pd.DataFrame, out_dir: str | Path) -> list[Pa
     quarantined(predictions).to_csv(out_dir / "quarantine.csv", index=False)
     written.append(out_dir / "quarantine.csv")
     return written
-
-
-def headline(metrics: dict) -> dict[str, float | None]:
-    """The few numbers a console summary shows: test (else val) overall SRCC/PLCC."""
-    split = "test" if "test" in metrics else next(iter(metrics), None)
-    block = metrics.get(split, {}).get("overall", {}) if split else {}
-    return {"split": split, **{k: block.get(k) for k in ("n", "srcc", "plcc", "std_srcc", "entropy")}}

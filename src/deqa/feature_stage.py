@@ -23,25 +23,14 @@ log = logging.getLogger(__name__)
 
 def stage_images(manifest: str | Path, extra: list, seed: int = 0) -> list[str]:
     """Image paths of the manifest's rows and of the ``evaluate.extra`` sets, in that order."""
-    from deqa.importers import import_labels
+    from deqa.importers import import_source
 
     df = pd.read_csv(manifest, usecols=["image", "root"])
     frames = [df]
     for source in extra:
         if not source.required and not Path(source.labels).is_file():
             continue
-        frames.append(
-            import_labels(
-                source.labels,
-                source.format,
-                root=source.root,
-                name=source.name,
-                lo=source.lo,
-                hi=source.hi,
-                split="test",
-                seed=seed,
-            )[["image", "root"]]
-        )
+        frames.append(import_source(source, split="test", seed=seed)[["image", "root"]])
     rows = pd.concat(frames, ignore_index=True)
     return [str(Path(r) / i) for r, i in zip(rows["root"].astype(str), rows["image"].astype(str), strict=True)]
 

@@ -40,13 +40,13 @@ import numpy as np
 import pandas as pd
 from scipy import special
 
-from deqa.schema import LABEL_COLUMNS, MANIFEST_COLUMNS, PROB_COLUMNS
+from deqa.config import SoftLabelsConfig
+from deqa.schema import LABEL_COLUMNS, LEVEL_THRESHOLDS, MANIFEST_COLUMNS, PROB_COLUMNS
 
 LEVEL_VALUES = np.arange(1.0, 6.0)
 """The level numbers 1..5 (bad..excellent)."""
 
-ONEHOT_THRESHOLDS = np.array([1.8, 2.6, 3.4, 4.2])
-"""Upper edges of the first four one-hot bins of [1, 5] (bins closed on the right)."""
+ONEHOT_THRESHOLDS = LEVEL_THRESHOLDS  # old name, kept until tests/test_metrics.py drops it: use LEVEL_THRESHOLDS
 
 KINDS = ("soft", "onehot", "binary")
 DENSITIES = ("pdf", "cdf")
@@ -155,7 +155,7 @@ def onehot_labels(m: Any) -> np.ndarray:
     Bins are closed on the right (m = 1.8 is level 1). Returns shape ``m.shape + (5,)``.
     """
     m = _finite_m(m)
-    level = np.searchsorted(ONEHOT_THRESHOLDS, m, side="left")  # 0..4
+    level = np.searchsorted(LEVEL_THRESHOLDS, m, side="left")  # 0..4
     return (level[..., None] == np.arange(5)).astype(float)
 
 
@@ -329,8 +329,6 @@ def gaussian_w2(mu1: Any, s1: Any, mu2: Any, s2: Any) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 def _options(config: Any) -> dict[str, Any]:
     """``kind`` + soft-label options from a SoftLabelsConfig-like object (or defaults)."""
-    from deqa.config import SoftLabelsConfig
-
     config = config if config is not None else SoftLabelsConfig()
     return {
         "kind": config.kind,
@@ -477,7 +475,7 @@ def format_metrics(metrics: dict[str, dict[str, Any]], kind: str = "soft") -> st
 
 
 # --------------------------------------------------------------------------------------------
-# reading a user's label file (``deqa labels FILE``, :mod:`deqa.commands.labels`)
+# reading a manifest (other label-file layouts: :func:`deqa.importers.load_label_file`)
 # --------------------------------------------------------------------------------------------
 def read_manifest(path: str | Path) -> pd.DataFrame:
     """Read a manifest or label CSV (:data:`deqa.schema.MANIFEST_COLUMNS`), strings kept as text."""
@@ -486,48 +484,3 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     for column in ("root", "split"):
         frame[column] = frame[column].fillna("")
     return frame
-
-
-def detect_format(path: str | Path) -> str | None:
-    """A guess of a label file's format from its columns: ``manifest``, ``koniq``, ``kadid``,
-    ``generic-csv`` (``image``, ``mos``).
-
-    Returns None when the layout is not recognised (the user must pass ``--format``).
-    """
-    path = Path(path)
-    if path.suffix.lower() != ".csv":
-        return None
-    columns = set(pd.read_csv(path, nrows=0).columns)
-    if set(MANIFEST_COLUMNS) <= columns:
-        return "manifest"
-    if {"image_name", "c1", "c2", "c3", "c4", "c5", "MOS", "SD"} <= columns:
-        return "koniq"
-    if {"dist_img", "dmos", "var"} <= columns:
-        return "kadid"
-    if {"image", "mos"} <= columns:
-        return "generic-csv"
-    return None
-
-
-def load_label_file(path: str | Path, format: str | None = None, **importer_options: Any) -> pd.DataFrame:
-    """A user's label file as a manifest: read directly if it is one, else through
-    :func:`deqa.importers.import_labels` (``format`` auto-detected when possible)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such label file")
-    fmt = format or detect_format(path)
-    if fmt == "manifest":
-        return read_manifest(path)
-    try:
-        from deqa import importers
-    except ImportError as exc:
-        raise RuntimeError(
-            f"{path}: reading this layout needs deqa.importers, which is not available ({exc}); "
-            "pass a manifest CSV with columns " + ", ".join(MANIFEST_COLUMNS)
-        ) from None
-    if fmt is None:
-        raise ValueError(
-            f"{path}: cannot tell the format from its name and columns; pass --format "
-            f"(one of: manifest, {', '.join(importers.FORMATS)})"
-        )
-    return importers.import_labels(str(path), fmt, **importer_options)

@@ -232,11 +232,6 @@ def get_module(model: nn.Module, name: str) -> nn.Module:
     return model.get_submodule(name)
 
 
-def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, attr = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, attr, module)
-
-
 def freeze_batchnorm(module: nn.Module) -> None:
     """Keep batch-norm layers of a frozen module in eval mode (running stats untouched)."""
     for m in module.modules():

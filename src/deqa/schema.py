@@ -1,4 +1,4 @@
-"""The file contracts between stages. Each is defined once here and documented in the README.
+"""The file contracts between stages. Each is defined once here and documented in docs/data.md.
 
 All files are CSV (UTF-8, header row). Level-probability columns are always ordered bad..excellent.
 
@@ -27,6 +27,20 @@ and the predictions, so evaluation can break results down per distortion and sev
 **Predictions** (``data/evaluate/predictions.csv``): ``image``, ``root``, ``dataset``, ``split``,
 ``mos``, ``std``, ``m``, ``s``, ``pred_mean``, ``pred_std``, ``p_bad``..``p_excellent``, plus
 the provenance columns where the rows have them.
+
+**One quantity, one name per layer.** The predicted score is the probability-weighted level
+``sum_k k p_k`` on the 1-5 scale and the predicted std the spread of the same probabilities:
+
+- the method (``DEQA-SCORE.md``), the losses (:mod:`deqa.losses`) and metric docs: ``mu`` (μ) and
+  ``sigma`` (σ);
+- prediction files, the evaluation and the report: ``pred_mean`` and ``pred_std``;
+- the Python API: :class:`deqa.scoring.ScoreResult` ``.mean`` and ``.std``;
+- the output of ``deqa score`` (CSV/JSON columns): ``score`` and ``std``.
+
+The ground truth is ``m`` and ``s`` (the normalised MOS and std, :func:`deqa.labels.normalise`)
+everywhere; in manifests and label files ``mos`` and ``std`` are the raw ratings on the dataset's
+own scale (``deqa score``'s ``std`` column is the predicted one). These names are file contracts:
+they are documented here, not renamed.
 """
 
 from deqa import LEVELS
@@ -47,8 +61,12 @@ VOTE_COLUMNS = ["c1", "c2", "c3", "c4", "c5"]
 PROVENANCE_COLUMNS = ["content", "distortion", "severity"]
 DEFAULT_DISTORTIONS = ("gaussian_blur", "gaussian_noise", "jpeg", "contrast", "pixelation", "motion_blur")
 """The distortions the generated sets (synthetic, distorted, sensitivity) use unless told otherwise
-(:data:`deqa.synthetic.DISTORTIONS` also has ``saturation``)."""
+(:data:`deqa.distortions.DISTORTIONS` also has ``saturation``)."""
 SPLITS = ("train", "val", "test")
+"""The splits a manifest row can belong to (evaluation-only sets are reported under ``cross``)."""
+LEVEL_THRESHOLDS = (1.8, 2.6, 3.4, 4.2)
+"""Upper edges of the first four of the five equal-width level bins of [1, 5] (closed on the
+right): Q-Align's one-hot labels and the level confusion of the evaluation."""
 PROB_COLUMNS = [f"p_{level}" for level in LEVELS]
 LABEL_COLUMNS = MANIFEST_COLUMNS + ["m", "s", *PROB_COLUMNS, "label_kind", "fallback"]
 PREDICTION_COLUMNS = [

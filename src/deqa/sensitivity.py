@@ -2,9 +2,9 @@
 
 Does a scorer's output fall as an image gets blurrier, noisier, blockier...? On real test sets
 that question is mixed up with content. This set isolates it: each *content* (a scene) is shown
-pristine and under every distortion of :data:`deqa.synthetic.DISTORTIONS` that is asked for, at
-severities 1..N, with the same distortion functions and parameters as :mod:`deqa.synthetic`
-(so severity ``s`` here is severity ``s`` there). The evaluation metric is the per-scene SRCC
+pristine and under every distortion of :data:`deqa.distortions.DISTORTIONS` that is asked for, at
+severities 1..N, written by the same loop as the training sets (:func:`deqa.distortions.write_versions`),
+so severity ``s`` here is severity ``s`` there. The evaluation metric is the per-scene SRCC
 between severity and score (:func:`deqa.metrics.severity_monotonicity`).
 
 Content, chosen so that no training source sees it:
@@ -31,7 +31,6 @@ Same arguments give byte-identical files.
 
 from __future__ import annotations
 
-import shutil
 import zlib
 from pathlib import Path
 
@@ -39,8 +38,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
+from deqa.distortions import SyntheticError, check_distortions, fresh_folder, to_uint8, write_versions
 from deqa.schema import DEFAULT_DISTORTIONS
-from deqa.synthetic import DISTORTIONS, SyntheticError, to_uint8
 
 SCENE_KINDS = ("dead_leaves", "shapes", "landscape", "texture", "text")
 PACKAGE_IMAGES = ("colorwheel", "logo", "page", "text", "minduka")
@@ -228,36 +227,22 @@ def generate_sensitivity_set(
     """Write ``images/*.png`` and ``labels.csv`` under ``out_dir``; returns the label file.
 
     Every content appears pristine (severity 0) and at severities 1..``severities`` of every
-    distortion in ``distortions`` (parameters as in :mod:`deqa.synthetic`). The images folder is
+    distortion in ``distortions`` (:mod:`deqa.distortions`). The images folder is
     recreated, so stale files never leak in.
     """
-    unknown = [d for d in distortions if d not in DISTORTIONS]
-    if unknown:
-        raise SyntheticError(f"sensitivity distortions: unknown {unknown}; known: {', '.join(DISTORTIONS)}")
+    check_distortions(distortions, "sensitivity distortions")
     if image_size < 32 or severities < 1 or scenes_per_kind < 0:
         raise SyntheticError(
             f"sensitivity set: need image_size >= 32, severities >= 1, scenes_per_kind >= 0; "
             f"got {image_size}, {severities}, {scenes_per_kind}"
         )
     out_dir = Path(out_dir)
-    images = out_dir / "images"
-    if images.exists():
-        shutil.rmtree(images)
-    images.mkdir(parents=True)
+    images = fresh_folder(out_dir / "images")
     rows = []
     for name, clean in contents(image_size, scenes_per_kind, seed, kinds, photos).items():
-        Image.fromarray(clean).save(images / f"{name}_pristine.png", compress_level=1)
-        rows.append((f"images/{name}_pristine.png", name, "pristine", 0))
-        base = clean.astype(np.float32) / 255.0
-        for dname in distortions:
-            dist = DISTORTIONS[dname]
-            rng = np.random.default_rng([seed, zlib.crc32(name.encode()), zlib.crc32(dname.encode())])
-            for s in range(1, severities + 1):
-                file = f"images/{name}_{dname}_{s}.png"
-                Image.fromarray(to_uint8(dist.fn(base, dist.level(s, severities), rng))).save(
-                    out_dir / file, compress_level=1
-                )
-                rows.append((file, name, dname, s))
+        key = [seed, zlib.crc32(name.encode())]
+        for v in write_versions(clean, images, name, distortions, severities, key):
+            rows.append((f"images/{v.name}", name, v.distortion, v.severity))
     df = pd.DataFrame(rows, columns=["image", "content", "distortion", "severity"])
     df.insert(1, "mos", nominal_mos(df["severity"].to_numpy(), severities))
     df.insert(2, "split", split)

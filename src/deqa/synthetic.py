@@ -8,7 +8,8 @@ Design (measured to learn on CPU, see ``shared/method/CPU-DEFAULT.md``):
   and ``flower`` and matplotlib's ``grace_hopper``. ``extra_train_photos`` may add any other
   shipped ``skimage.data`` image (grey ones are converted to RGB) as training-only content.
 * **Images**: ``crops_per_photo`` random square crops per photo, resized to ``image_size``; each
-  crop appears pristine and under every distortion of :data:`DISTORTIONS` at ``severities``
+  crop appears pristine and under every distortion of ``distortions`` (from
+  :data:`deqa.distortions.DISTORTIONS`) at ``severities``
   levels (default: 11 photos x 20 crops x (6 x 5 + 1) = 6,820 PNG files).
 * **Latent quality** (1-5): a pristine level that depends on the crop's own contrast, lowered by
   an impairment that mixes a per-distortion severity table with ``1 - SSIM`` against the pristine
@@ -29,10 +30,7 @@ Same seed and params give byte-identical files.
 
 from __future__ import annotations
 
-import io
-import shutil
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +38,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from deqa.distortions import DISTORTIONS, SyntheticError, check_distortions, fresh_folder, write_versions
+from deqa.labels import normalise
 from deqa.schema import DEFAULT_DISTORTIONS
 
 BASE_PHOTOS = (
@@ -56,10 +56,6 @@ BASE_PHOTOS = (
     "grace_hopper",
 )
 """The default content: 11 natural photos shipped with scikit-image, scikit-learn, matplotlib."""
-
-
-class SyntheticError(ValueError):
-    """Bad synthetic-dataset parameters (unknown photo or distortion, overlapping splits...)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -114,97 +110,6 @@ def random_crops(photo: np.ndarray, n: int, size: int, rng: np.random.Generator)
         crop = Image.fromarray(photo[top : top + side, left : left + side])
         crops.append(np.asarray(crop.resize((size, size), Image.Resampling.LANCZOS)))
     return crops
-
-
-# --------------------------------------------------------------------------------------------
-# distortions: float32 RGB in [0, 1] -> same; ``level`` is the distortion parameter
-# --------------------------------------------------------------------------------------------
-def _gaussian_blur(img, sigma, rng):
-    from scipy.ndimage import gaussian_filter
-
-    return gaussian_filter(img, sigma=(sigma, sigma, 0), mode="reflect")
-
-
-def _gaussian_noise(img, sd, rng):
-    return img + rng.normal(0.0, sd, img.shape).astype(np.float32)
-
-
-def _jpeg(img, quality, rng):
-    buf = io.BytesIO()
-    Image.fromarray(to_uint8(img)).save(buf, format="JPEG", quality=int(quality))
-    buf.seek(0)
-    return np.asarray(Image.open(buf).convert("RGB"), dtype=np.float32) / 255.0
-
-
-def _contrast(img, factor, rng):
-    mean = float(img.mean())
-    return mean + factor * (img - mean)
-
-
-def _pixelation(img, block, rng):
-    size = img.shape[0]
-    small = max(1, round(size / block))
-    pil = Image.fromarray(to_uint8(img)).resize((small, small), Image.Resampling.BOX)
-    return np.asarray(pil.resize((size, size), Image.Resampling.NEAREST), dtype=np.float32) / 255.0
-
-
-def _motion_blur(img, length, rng):
-    from scipy.signal import fftconvolve
-    from skimage.draw import line
-
-    length = int(length)
-    angle = rng.uniform(0, np.pi)
-    c = length // 2
-    dx, dy = np.cos(angle) * c, np.sin(angle) * c
-    kernel = np.zeros((2 * c + 1, 2 * c + 1), np.float32)
-    rr, cc = line(round(c - dy), round(c - dx), round(c + dy), round(c + dx))
-    kernel[rr, cc] = 1.0
-    kernel /= kernel.sum()
-    padded = np.pad(img, ((c, c), (c, c), (0, 0)), mode="reflect")
-    return fftconvolve(padded, kernel[:, :, None], mode="valid", axes=(0, 1)).astype(np.float32)
-
-
-def _saturation(img, factor, rng):
-    grey = img @ np.array([0.299, 0.587, 0.114], np.float32)
-    return grey[..., None] + factor * (img - grey[..., None])
-
-
-@dataclass(frozen=True)
-class Distortion:
-    """A distortion with its parameter at the mildest and the strongest severity and the
-    severity-table impairment (0 = none, 1 = worst) at those two ends."""
-
-    fn: Callable
-    mild: float
-    strong: float
-    impairment: tuple[float, float]
-    integer: bool = False
-
-    def level(self, s: int, severities: int) -> float:
-        """Parameter of severity ``s`` (1..severities), geometric between mild and strong."""
-        t = 1.0 if severities == 1 else (s - 1) / (severities - 1)
-        value = self.mild * (self.strong / self.mild) ** t
-        return float(round(value)) if self.integer else value
-
-    def table(self, s: int, severities: int) -> float:
-        t = 1.0 if severities == 1 else (s - 1) / (severities - 1)
-        return self.impairment[0] + t * (self.impairment[1] - self.impairment[0])
-
-
-DISTORTIONS: dict[str, Distortion] = {
-    "gaussian_blur": Distortion(_gaussian_blur, 0.6, 3.5, (0.12, 0.80)),
-    "gaussian_noise": Distortion(_gaussian_noise, 0.02, 0.16, (0.12, 0.80)),
-    "jpeg": Distortion(_jpeg, 45, 4, (0.12, 0.80), integer=True),
-    "contrast": Distortion(_contrast, 0.7, 0.12, (0.08, 0.65)),
-    "pixelation": Distortion(_pixelation, 2, 8, (0.10, 0.78), integer=True),
-    "motion_blur": Distortion(_motion_blur, 3, 17, (0.12, 0.80), integer=True),
-    "saturation": Distortion(_saturation, 0.6, 0.05, (0.05, 0.45)),
-}
-"""Available distortions (``prepare.synthetic.distortions`` picks from these)."""
-
-
-def to_uint8(img: np.ndarray) -> np.ndarray:
-    return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
 # --------------------------------------------------------------------------------------------
@@ -306,13 +211,39 @@ def photo_splits(cfg) -> dict[str, str]:
     return split
 
 
-def _check(cfg) -> None:
-    unknown = [d for d in cfg.distortions if d not in DISTORTIONS]
-    if unknown:
-        raise SyntheticError(f"prepare.synthetic.distortions: unknown {unknown}; known: {', '.join(DISTORTIONS)}")
+def _check(distortions, what: str = "prepare.synthetic", **sizes: int) -> None:
+    """The distortion names and the sizes (``crops_per_photo``, ``image_size``, ``severities``,
+    ``raters``, those given) of a generated set; ``what`` is its params section."""
+    check_distortions(distortions, f"{what}.distortions")
     for key, low in (("crops_per_photo", 1), ("image_size", 16), ("severities", 1), ("raters", 1)):
-        if getattr(cfg, key) < low:
-            raise SyntheticError(f"prepare.synthetic.{key} must be >= {low}, got {getattr(cfg, key)}")
+        if key in sizes and sizes[key] < low:
+            raise SyntheticError(f"{what}.{key} must be >= {low}, got {sizes[key]}")
+
+
+def panel_ratings(quality: np.ndarray, distortion: np.ndarray, raters: int, rng: np.random.Generator) -> pd.DataFrame:
+    """:func:`koniq_table` of the simulated panel's votes (:func:`rate`, noise scaled by :func:`ambiguity`)."""
+    return koniq_table(rate(quality, raters, rng, scale=ambiguity(quality, distortion)))
+
+
+def _ssim(pixels: np.ndarray, grey0: np.ndarray) -> float:
+    from skimage.metrics import structural_similarity
+
+    return float(structural_similarity(_grey(pixels), grey0, data_range=1.0))
+
+
+def _rated_crop(crop: np.ndarray, images_dir: Path, stem: str, cfg, key: list[int]) -> list[tuple]:
+    """Write one crop's versions; ``(file, distortion, severity, SSIM, latent quality)`` of each."""
+    grey0 = _grey(crop)
+    p0 = pristine_quality(grey0)
+    rows = []
+    for v in write_versions(crop, images_dir, stem, cfg.distortions, cfg.severities, key):
+        if v.distortion == "pristine":
+            rows.append((v.name, v.distortion, 0, 1.0, p0))
+            continue
+        ssim = _ssim(v.pixels, grey0)
+        table = DISTORTIONS[v.distortion].table(v.severity, cfg.severities)
+        rows.append((v.name, v.distortion, v.severity, ssim, latent_quality(p0, table, ssim)))
+    return rows
 
 
 def generate(cfg, out_dir: str | Path, seed: int = 0, progress: bool = True) -> tuple[Path, Path]:
@@ -320,52 +251,34 @@ def generate(cfg, out_dir: str | Path, seed: int = 0, progress: bool = True) -> 
 
     The images folder is recreated from scratch, so stale files from an earlier run never leak in.
     """
-    from skimage.metrics import structural_similarity
     from tqdm import tqdm
 
-    _check(cfg)
+    _check(cfg.distortions, **{k: getattr(cfg, k) for k in ("crops_per_photo", "image_size", "severities", "raters")})
     splits = photo_splits(cfg)
     out_dir = Path(out_dir)
-    images_dir = out_dir / "images"
-    if images_dir.exists():
-        shutil.rmtree(images_dir)
-    images_dir.mkdir(parents=True)
-    size, sev_n = cfg.image_size, cfg.severities
+    images_dir = fresh_folder(out_dir / "images")
     meta = []
     bar = tqdm(total=len(splits) * cfg.crops_per_photo, desc="synthetic crops", unit="crop", disable=not progress)
     for photo, split in splits.items():
         photo_id = zlib.crc32(photo.encode())
-        crops = random_crops(load_photo(photo), cfg.crops_per_photo, size, np.random.default_rng([seed, photo_id]))
-        for ci, crop in enumerate(crops):
-            grey0 = _grey(crop)
-            p0 = pristine_quality(grey0)
-            stem = f"{photo}_{ci:03d}"
-            Image.fromarray(crop).save(images_dir / f"{stem}_pristine.png", compress_level=1)
-            meta.append((f"{stem}_pristine.png", photo, ci, "pristine", 0, 1.0, p0, split))
-            base = crop.astype(np.float32) / 255.0
-            for _di, dname in enumerate(cfg.distortions):
-                dist = DISTORTIONS[dname]
-                rng = np.random.default_rng([seed, photo_id, ci, zlib.crc32(dname.encode())])
-                for s in range(1, sev_n + 1):
-                    out = to_uint8(dist.fn(base, dist.level(s, sev_n), rng))
-                    ssim = float(structural_similarity(_grey(out), grey0, data_range=1.0))
-                    q = latent_quality(p0, dist.table(s, sev_n), ssim)
-                    name = f"{stem}_{dname}_{s}.png"
-                    Image.fromarray(out).save(images_dir / name, compress_level=1)
-                    meta.append((name, photo, ci, dname, s, ssim, q, split))
+        rng = np.random.default_rng([seed, photo_id])
+        for ci, crop in enumerate(random_crops(load_photo(photo), cfg.crops_per_photo, cfg.image_size, rng)):
+            for name, dname, s, ssim, q in _rated_crop(
+                crop, images_dir, f"{photo}_{ci:03d}", cfg, [seed, photo_id, ci]
+            ):
+                meta.append((name, photo, ci, dname, s, ssim, q, split))
             bar.update(1)
     bar.close()
     meta_df = pd.DataFrame(
         meta, columns=["image_name", "photo", "crop", "distortion", "severity", "ssim", "quality", "split"]
     )
     meta_df["ambiguity"] = ambiguity(meta_df["quality"].to_numpy(), meta_df["distortion"].to_numpy())
-    votes = rate(
+    table = panel_ratings(
         meta_df["quality"].to_numpy(),
+        meta_df["distortion"].to_numpy(),
         cfg.raters,
         np.random.default_rng([seed, 0x5EED]),
-        scale=meta_df["ambiguity"].to_numpy(),
     )
-    table = koniq_table(votes)
     table.insert(0, "image_name", meta_df["image_name"])
     table["set"] = meta_df["split"].map({"train": "training", "val": "validation", "test": "test"})
     labels = out_dir / "synthetic_koniq.csv"
@@ -397,8 +310,6 @@ def photos_from_manifest(
     > 0 keeps a seeded random subset of that many, drawn in proportion from each split. Each
     source keeps its row's split, so derived images never cross the real data's split.
     """
-    from deqa.labels import normalise
-
     missing = [c for c in ("image", "root", "split", "mos", "lo", "hi") if c not in rows.columns]
     if missing:
         raise SyntheticError(f"photo sources: manifest rows lack columns {missing}")
@@ -418,28 +329,6 @@ def photos_from_manifest(
         )
         for r in keep.itertuples()
     ]
-
-
-def photos_from_labels(
-    labels: str | Path,
-    format: str = "generic-csv",
-    root: str | Path = "",
-    lo: float | None = None,
-    hi: float | None = None,
-    min_quality: float = 1.0,
-    max_photos: int = 0,
-    seed: int = 0,
-    val_fraction: float = 0.1,
-    test_fraction: float = 0.1,
-) -> list[SourcePhoto]:
-    """:func:`photos_from_manifest` of a label file read as ``prepare`` reads it (same importer,
-    same seeded split for the same ``seed`` and fractions)."""
-    from deqa.importers import import_labels
-
-    rows = import_labels(
-        labels, format, root=root, lo=lo, hi=hi, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction
-    )
-    return photos_from_manifest(rows, min_quality=min_quality, max_photos=max_photos, seed=seed)
 
 
 def square_photo(path: str | Path, size: int) -> np.ndarray:
@@ -480,60 +369,19 @@ def generate_from_photos(
     columns ``content`` (the photo's file stem), ``distortion`` and ``severity``. Derived images
     keep their photo's split. Same inputs give byte-identical files.
     """
-    from skimage.metrics import structural_similarity
     from tqdm import tqdm
 
-    _check(_Knobs(list(distortions), 1, image_size, severities, raters))
-    if not photos:
-        raise SyntheticError("generate_from_photos: no source photos")
-    if not 0 <= distortions_per_photo <= len(distortions):
-        raise SyntheticError(f"distortions_per_photo must lie in 0..{len(distortions)}, got {distortions_per_photo}")
-    contents = [p.content for p in photos]
-    if len(set(contents)) != len(contents):
-        raise SyntheticError("generate_from_photos: two source photos share a content id (file stem)")
+    _check_photos(
+        photos, distortions, distortions_per_photo, image_size=image_size, severities=severities, raters=raters
+    )
     out_dir = Path(out_dir)
-    images_dir = out_dir / "images"
-    if images_dir.exists():
-        shutil.rmtree(images_dir)
-    images_dir.mkdir(parents=True)
+    images_dir = fresh_folder(out_dir / "images")
     meta = []
     for photo in tqdm(photos, desc="distorted photos", unit="photo", disable=not progress):
-        pid = zlib.crc32(photo.content.encode())
-        clean = square_photo(photo.path, image_size)
-        grey0 = _grey(clean)
-        Image.fromarray(clean).save(images_dir / f"{photo.content}_pristine.png", compress_level=1)
-        meta.append((f"images/{photo.content}_pristine.png", photo.content, "pristine", 0, photo.split, photo.quality))
-        chosen = list(distortions)
-        if distortions_per_photo:
-            pick = np.random.default_rng([seed, pid, 0xD15]).permutation(len(chosen))[:distortions_per_photo]
-            chosen = [chosen[i] for i in sorted(pick)]
-        base = clean.astype(np.float32) / 255.0
-        for dname in chosen:
-            dist = DISTORTIONS[dname]
-            rng = np.random.default_rng([seed, pid, zlib.crc32(dname.encode())])
-            for s in range(1, severities + 1):
-                out = to_uint8(dist.fn(base, dist.level(s, severities), rng))
-                ssim = float(structural_similarity(_grey(out), grey0, data_range=1.0))
-                name = f"images/{photo.content}_{dname}_{s}.png"
-                Image.fromarray(out).save(out_dir / name, compress_level=1)
-                meta.append(
-                    (
-                        name,
-                        photo.content,
-                        dname,
-                        s,
-                        photo.split,
-                        latent_quality(photo.quality, dist.table(s, severities), ssim),
-                    )
-                )
+        meta += _distorted_photo(photo, images_dir, image_size, distortions, severities, distortions_per_photo, seed)
     df = pd.DataFrame(meta, columns=["image", "content", "distortion", "severity", "split", "quality"])
-    votes = rate(
-        df["quality"].to_numpy(),
-        raters,
-        np.random.default_rng([seed, 0x5EED, 0xF0]),
-        scale=ambiguity(df["quality"].to_numpy(), df["distortion"].to_numpy()),
-    )
-    table = koniq_table(votes)
+    rng = np.random.default_rng([seed, 0x5EED, 0xF0])
+    table = panel_ratings(df["quality"].to_numpy(), df["distortion"].to_numpy(), raters, rng)
     labels = pd.DataFrame(
         {
             "image": df["image"],
@@ -552,12 +400,33 @@ def generate_from_photos(
     return path
 
 
-@dataclass
-class _Knobs:
-    """The subset of ``SyntheticConfig`` fields that :func:`_check` validates."""
+def _check_photos(photos: list[SourcePhoto], distortions, distortions_per_photo: int, **sizes: int) -> None:
+    _check(list(distortions), **sizes)
+    if not photos:
+        raise SyntheticError("generate_from_photos: no source photos")
+    if not 0 <= distortions_per_photo <= len(distortions):
+        raise SyntheticError(f"distortions_per_photo must lie in 0..{len(distortions)}, got {distortions_per_photo}")
+    contents = [p.content for p in photos]
+    if len(set(contents)) != len(contents):
+        raise SyntheticError("generate_from_photos: two source photos share a content id (file stem)")
 
-    distortions: list
-    crops_per_photo: int
-    image_size: int
-    severities: int
-    raters: int
+
+def _distorted_photo(
+    photo: SourcePhoto, images_dir: Path, size: int, distortions, severities: int, per_photo: int, seed: int
+) -> list[tuple]:
+    """Write one photo's versions; ``(image, content, distortion, severity, split, quality)`` of each."""
+    pid = zlib.crc32(photo.content.encode())
+    clean = square_photo(photo.path, size)
+    grey0 = _grey(clean)
+    chosen = list(distortions)
+    if per_photo:
+        pick = np.random.default_rng([seed, pid, 0xD15]).permutation(len(chosen))[:per_photo]
+        chosen = [chosen[i] for i in sorted(pick)]
+    rows = []
+    for v in write_versions(clean, images_dir, photo.content, chosen, severities, [seed, pid]):
+        quality = photo.quality
+        if v.distortion != "pristine":
+            table = DISTORTIONS[v.distortion].table(v.severity, severities)
+            quality = latent_quality(photo.quality, table, _ssim(v.pixels, grey0))
+        rows.append((f"images/{v.name}", photo.content, v.distortion, v.severity, photo.split, quality))
+    return rows

@@ -89,8 +89,8 @@ class MobileNetV2VisionConfig(PretrainedConfig):
         self.standardise = standardise
         self.stats = list(stats)
         self.layers = layers
-        # frozen-tower inference runs in micro-batches: a batch of 32 at 384 px is 4-6x slower per
-        # image than batches of 4 on a CPU (cache misses; bench/realdata_features.py)
+        # frozen-tower inference runs in micro-batches: on a CPU small batches are faster per image
+        # than one large batch (cache misses; the measurement is in BENCHMARKS.md)
         self.micro_batch = micro_batch
         # LLaVA's projector and processor read these two
         channels = sum(_BLOCK_CHANNELS[i] for i in LAYER_SETS[layers])
@@ -343,14 +343,7 @@ def build_tiny_llava(
     ``vision_stats``/``vision_layers`` shape the ``multistage`` token (see
     :class:`MobileNetV2VisionConfig`); the defaults give the 3,984-d mean+std of the 8 stage ends.
     """
-    from transformers import (
-        CLIPImageProcessorPil,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-        set_seed,
-    )
+    from transformers import LlavaForConditionalGeneration, set_seed
 
     from deqa.prompts import ANSWER_TEMPLATE, QUESTIONS
 
@@ -360,6 +353,26 @@ def build_tiny_llava(
     vision = MobileNetV2VisionConfig(
         image_size=image_size, tokens=vision_tokens, standardise=standardise, stats=vision_stats, layers=vision_layers
     )
+    config = _llava_config(tokenizer, vision, hidden_size, intermediate_size, layers, heads, projector_act)
+    model = LlavaForConditionalGeneration(config)
+    load_imagenet_weights(model.model.vision_tower)
+    if standardise:
+        calibrate_standardisation(model.model.vision_tower, seed=seed)
+    model.eval()
+
+    processor = _processor(tokenizer, image_size, vision.patch_size)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    processor.save_pretrained(out)
+    (out / "deqa_base.json").write_text(json.dumps({"kind": "tiny", "seed": seed}, indent=2) + "\n")
+    return out
+
+
+def _llava_config(tokenizer, vision, hidden_size, intermediate_size, layers, heads, projector_act):
+    """The LLaVA config: the MobileNetV2 vision config and a small random-init Llama text model."""
+    from transformers import LlamaConfig, LlavaConfig
+
     text = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
@@ -373,7 +386,7 @@ def build_tiny_llava(
         eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=False,
     )
-    config = LlavaConfig(
+    return LlavaConfig(
         vision_config=vision,
         text_config=text,
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
@@ -382,11 +395,11 @@ def build_tiny_llava(
         projector_hidden_act=projector_act,
         tie_word_embeddings=False,
     )
-    model = LlavaForConditionalGeneration(config)
-    load_imagenet_weights(model.model.vision_tower)
-    if standardise:
-        calibrate_standardisation(model.model.vision_tower, seed=seed)
-    model.eval()
+
+
+def _processor(tokenizer, image_size: int, patch_size: int):
+    """The LLaVA processor: ImageNet-normalised resize to ``image_size``, the word tokenizer, our chat template."""
+    from transformers import CLIPImageProcessorPil, LlavaProcessor
 
     image_processor = CLIPImageProcessorPil(
         size={"height": image_size, "width": image_size},
@@ -397,16 +410,10 @@ def build_tiny_llava(
         image_std=IMAGENET_STD,
         do_convert_rgb=True,
     )
-    processor = LlavaProcessor(
+    return LlavaProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
-        patch_size=vision.patch_size,
+        patch_size=patch_size,
         vision_feature_select_strategy="full",
         chat_template=CHAT_TEMPLATE,
     )
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
-    processor.save_pretrained(out)
-    (out / "deqa_base.json").write_text(json.dumps({"kind": "tiny", "seed": seed}, indent=2) + "\n")
-    return out

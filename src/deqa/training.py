@@ -426,7 +426,7 @@ def end_epoch(
 ) -> None:
     """Validate, remember the best epoch (``train.select: best``) and move on to the next epoch."""
     if val_ex is not None:
-        srcc, plcc = validate(accelerator, model, processor, val_ex, 2 * tcfg.batch_pairs, features)
+        srcc, plcc = val_correlations(accelerator, model, processor, val_ex, 2 * tcfg.batch_pairs, features)
         entry = {"epoch": state.epoch, "step": state.step, "val_srcc": srcc, "val_plcc": plcc}
         state.history.append(entry)
         if live is not None:
@@ -441,7 +441,7 @@ def end_epoch(
     state.epoch, state.batches_done = state.epoch + 1, 0
 
 
-def validate(
+def val_correlations(
     accelerator, model, processor, val_ex: Examples, batch_size: int, features: FeatureStore | None = None
 ) -> tuple[float, float]:
     """Val SRCC/PLCC of the model in training, scored by :class:`deqa.scoring.Scorer` (from the

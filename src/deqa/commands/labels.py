@@ -11,7 +11,8 @@ import argparse
 import json
 import logging
 
-from deqa.labels import DENSITIES, KINDS, dataset_metrics, format_metrics, load_label_file
+from deqa.importers import load_label_file
+from deqa.labels import DENSITIES, KINDS, dataset_metrics, format_metrics
 
 log = logging.getLogger("deqa.labels")
 
@@ -25,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--format",
         default=None,
-        help="layout of FILE (default: detected from its columns; manifest or one of deqa.importers.FORMATS)",
+        help="layout of FILE (default: detected from its columns; manifest or one of deqa.schema.LABEL_FORMATS)",
     )
     parser.add_argument("--name", default=None, help="dataset name (importers only)")
     parser.add_argument("--lo", type=float, default=None, help="lower MOS bound (default: observed min)")

@@ -12,21 +12,20 @@ import argparse
 import logging
 from pathlib import Path
 
-from deqa.schema import SPLITS
+from deqa.schema import LABEL_FORMATS, SPLITS
 
 log = logging.getLogger("deqa.validate")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from deqa.config import ValidateConfig
-    from deqa.importers import FORMATS
 
     d = ValidateConfig()
     parser.add_argument("labels", metavar="LABELS", help="the label file to check")
     parser.add_argument(
         "--format",
         required=True,
-        choices=[*FORMATS, "manifest"],
+        choices=[*LABEL_FORMATS, "manifest"],
         help="the label file's format (manifest: a deqa manifest CSV)",
     )
     parser.add_argument(

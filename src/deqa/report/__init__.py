@@ -63,6 +63,7 @@ def collect(sources: ReportSources | None = None) -> ReportData:
     data.validate_report = inputs.read_validate_report(path("validate_report"))
     data.validate_metrics = inputs.read_validate_metrics(path("validate_metrics"))
     data.manifest = inputs.read_manifest(path("manifest"))
+    data.soft_labels = inputs.read_soft_labels(path("soft_labels"))
     data.train = inputs.read_train_metrics(path("train_metrics"))
     data.curves = inputs.read_curves(path("dvclive"))
     data.params = inputs.read_params(path("params"))

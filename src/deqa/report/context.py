@@ -18,7 +18,7 @@ import pandas as pd
 from deqa.config import flat_keys
 from deqa.metrics import OVERALL
 from deqa.report import figures
-from deqa.report.inputs import EvalSet, Loaded, Predictions, ReportSources
+from deqa.report.inputs import LABEL_KEY, EvalSet, Loaded, Predictions, ReportSources
 from deqa.report.provenance import Provenance
 from deqa.schema import PROB_COLUMNS
 
@@ -51,6 +51,7 @@ class ReportData:
     validate_report: Loaded = field(default_factory=Loaded)
     validate_metrics: Loaded = field(default_factory=Loaded)
     manifest: Loaded = field(default_factory=Loaded)
+    soft_labels: Loaded = field(default_factory=Loaded)
     train: Loaded = field(default_factory=Loaded)
     curves: Loaded = field(default_factory=Loaded)
     params: Loaded = field(default_factory=Loaded)
@@ -59,7 +60,7 @@ class ReportData:
     def missing(self) -> list[str]:
         """The reasons of every input that is not available."""
         names = ("evaluate", "predictions", "discretisation", "validate_report", "validate_metrics", "manifest")
-        names += ("train", "curves", "params")
+        names += ("soft_labels", "train", "curves", "params")
         return [getattr(self, n).missing for n in names if not getattr(self, n).ok]
 
 
@@ -205,21 +206,21 @@ def pick_examples(rows: pd.DataFrame, count: int, worst: bool) -> pd.DataFrame:
     return pd.concat([first, rest]).sort_values(["_err", "image"], ascending=[not worst, True], kind="stable")
 
 
-def _truth_distributions(rows: pd.DataFrame, params: dict[str, Any] | None) -> np.ndarray | None:
-    """The DeQA soft label of each row's (m, s) with the params' soft-label options."""
-    from deqa.labels import gaussian_soft_labels
-
-    options = (params or {}).get("soft_labels") or {}
-    kwargs = {k: options[k] for k in ("density", "std_min", "max_mean_error", "renormalise") if k in options}
-    s = rows["s"].to_numpy(float) if "s" in rows.columns else np.full(len(rows), np.nan)
-    try:
-        probs, _ = gaussian_soft_labels(rows["m"].to_numpy(float), s, **kwargs)
-    except (ValueError, TypeError):
-        return None
-    return np.asarray(probs, dtype=float)
+def training_labels(rows: pd.DataFrame, labels: pd.DataFrame | None) -> tuple[np.ndarray, list[str | None]]:
+    """Each row's label from the ``soft_labels`` stage's files, whatever its ``kind``: an (N, 5)
+    array (NaN where the image has no label, e.g. a cross-dataset set) and the label kinds."""
+    if labels is None or rows.empty:
+        return np.full((len(rows), len(PROB_COLUMNS)), np.nan), [None] * len(rows)
+    keys = rows[LABEL_KEY].astype(object).assign(root=rows["root"].fillna("").astype(str))
+    found = keys.merge(labels, on=LABEL_KEY, how="left")
+    kinds = [k if isinstance(k, str) else None for k in found["label_kind"]]
+    return found[PROB_COLUMNS].to_numpy(float), kinds
 
 
-def example_view(row: pd.Series, truth: np.ndarray | None, base_dir: Path, has_probs: bool) -> dict[str, Any]:
+def example_view(
+    row: pd.Series, label: np.ndarray | None, kind: str | None, base_dir: Path, has_probs: bool
+) -> dict[str, Any]:
+    """One example's caption values and figures; ``label`` is its training label (or None)."""
     root = str(row.get("root") or "")
     path = Path(root) / str(row["image"]) if root else Path(str(row["image"]))
     path = path if path.is_absolute() else base_dir / path
@@ -232,11 +233,13 @@ def example_view(row: pd.Series, truth: np.ndarray | None, base_dir: Path, has_p
         "dataset": str(row["dataset"]),
         "where": where,
         "thumb": figures.thumbnail(path),
-        "bars": figures.distribution_bars(row[PROB_COLUMNS].to_numpy(float), truth) if has_probs else None,
+        "bars": figures.distribution_bars(row[PROB_COLUMNS].to_numpy(float), label) if has_probs else None,
+        "label": label,
+        "label_kind": kind,
         "m": row["m"],
         "s": row.get("s"),
-        "mu": row["pred_mean"],
-        "sigma": row.get("pred_std"),
+        "pred_mean": row["pred_mean"],
+        "pred_std": row.get("pred_std"),
         "error": error,
         "direction": "" if abs(error) < 0.25 else ("over-rated" if error > 0 else "under-rated"),
     }
@@ -252,10 +255,14 @@ def examples(data: ReportData, s: EvalSet | None, count: int) -> dict[str, list[
     out = {}
     for title, worst in (("best", False), ("worst", True)):
         chosen = pick_examples(rows, count, worst)
-        truth = _truth_distributions(chosen, data.params.value)
+        labels, kinds = training_labels(chosen, data.soft_labels.value)
         out[title] = [
             example_view(
-                row, None if truth is None else truth[i], Path(data.sources.base_dir), data.predictions.value.has_probs
+                row,
+                labels[i] if np.isfinite(labels[i]).all() else None,
+                kinds[i],
+                Path(data.sources.base_dir),
+                data.predictions.value.has_probs,
             )
             for i, (_, row) in enumerate(chosen.iterrows())
         ]

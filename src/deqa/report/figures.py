@@ -181,14 +181,14 @@ def severity_figure(cells: dict[str, dict[int, Any]], pristine: Any | None = Non
     return _uri(fig)
 
 
-def distribution_bars(pred: np.ndarray, truth: np.ndarray | None) -> str:
-    """Predicted (and ground-truth) level probabilities of one image as side-by-side bars."""
+def distribution_bars(pred: np.ndarray, label: np.ndarray | None) -> str:
+    """Predicted level probabilities of one image, beside its training label where it has one."""
     fig = _figure(2.5, 1.5)
     ax = fig.subplots()
     k = np.arange(len(LEVELS))
-    if truth is not None:
-        ax.bar(k - 0.2, truth, 0.4, color="#a0aec0", label="raters")
-    ax.bar(k + (0.2 if truth is not None else 0), pred, 0.4, color=PALETTE[0], label="model")
+    if label is not None:
+        ax.bar(k - 0.2, label, 0.4, color="#a0aec0", label="label")
+    ax.bar(k + (0.2 if label is not None else 0), pred, 0.4, color=PALETTE[0], label="model")
     ax.set_xticks(k, [name[:4] for name in LEVELS], fontsize=6)
     ax.set_ylim(0, 1)
     ax.tick_params(labelsize=6)

@@ -13,6 +13,7 @@ reader                              file (default path, see :class:`ReportSource
 :func:`read_validate_report`        ``data/validate/report.json`` (:func:`deqa.validation.validate_manifest`)
 :func:`read_validate_metrics`       ``metrics/validate.json`` (:func:`deqa.validation.metrics`)
 :func:`read_manifest`               ``data/validate/manifest.csv``
+:func:`read_soft_labels`            ``data/soft_labels/*.csv`` (the ``soft_labels`` stage's label files)
 :func:`read_train_metrics`          ``metrics/train.json``
 :func:`read_curves`                 ``dvclive/train/plots/metrics/**/*.tsv``
 :func:`read_params`                 ``params.yaml``
@@ -65,6 +66,7 @@ class ReportSources:
     validate_metrics: str = "metrics/validate.json"
     validate_report: str = "data/validate/report.json"
     manifest: str = "data/validate/manifest.csv"
+    soft_labels: str = "data/soft_labels"
     train_metrics: str = "metrics/train.json"
     dvclive: str = "dvclive/train"
     params: str = "params.yaml"
@@ -304,6 +306,32 @@ def read_predictions(path: Path) -> Loaded[Predictions]:
 def read_manifest(path: Path) -> Loaded[pd.DataFrame]:
     """The validated manifest: needs ``dataset``, ``split`` and ``mos``."""
     return _read_csv(path, ["dataset", "split", "mos"])
+
+
+LABEL_KEY = ["split", "dataset", "root", "image"]
+"""The columns that identify an image in the label files and the predictions."""
+
+
+def read_soft_labels(folder: Path) -> Loaded[pd.DataFrame]:
+    """The training labels the model was given (every ``*.csv`` of the ``soft_labels`` stage's
+    folder): :data:`LABEL_KEY`, ``p_bad``..``p_excellent`` and ``label_kind``, one row per image."""
+    files = sorted(folder.glob("*.csv")) if folder.is_dir() else []
+    if not files:
+        return Loaded(None, f"{folder} not found (no label files)")
+    columns = [*LABEL_KEY, *PROB_COLUMNS, "label_kind"]
+    parts = []
+    for file in files:
+        part = _read_csv(file, columns).value[columns]
+        bad = [c for c in PROB_COLUMNS if len(part) and not pd.api.types.is_numeric_dtype(part[c])]
+        if bad:
+            raise ReportInputError(f"{file}: column {bad[0]!r} is not numeric")
+        if len(part):  # a split without rows is a header-only file
+            parts.append(part)
+    if not parts:
+        return Loaded(None, f"{folder}: the label files have no rows")
+    frame = pd.concat(parts, ignore_index=True)
+    frame["root"] = frame["root"].fillna("")
+    return Loaded(frame.drop_duplicates(LABEL_KEY, keep="first"))
 
 
 # ---- the other stages' JSON files ---------------------------------------------------------------
