@@ -381,6 +381,15 @@ def test_launch_check_names_the_one_process_launches():
     assert launch_info({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1"}).local_rank == 1
 
 
+def test_a_checkpoint_of_another_number_of_processes_is_not_resumed():
+    from dataclasses import asdict
+
+    from deqa.checkpointing import Fingerprint
+
+    two, one = Fingerprint("p", "d", "b", "c", "2"), Fingerprint("p", "d", "b", "c", "1")
+    assert two.value != one.value and two.differences(asdict(one)) == ["processes"]
+
+
 def test_shares_and_shards_cover_every_index_once():
     assert [strided_share(5, r, 2) for r in (0, 1)] == [[0, 2, 4], [1, 3, 3]]
     blocks = [list(block(10, i, 3)) for i in range(3)]

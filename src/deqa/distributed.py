@@ -45,6 +45,9 @@ SIZE_VARS = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_S
 RANK_VARS = ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK")
 LOCAL_RANK_VARS = ("LOCAL_RANK", "MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "MV2_COMM_WORLD_LOCAL_RANK")
 ALLOW_ENV = "DEQA_ALLOW_ONE_PROCESS"
+STATUS_ENV = "DEQA_LAUNCH_STATUS"
+"""Set by ``deqa launch`` for its ranks: rank 0 of ``deqa score`` writes its exit code to that file
+and exits 0 (torchrun reports any non-zero exit as a failed worker); ``deqa launch`` exits with it."""
 FIX = "start the processes with `deqa launch -n N ...` or `torchrun --nproc_per_node N ...` (see docs/distributed.md)"
 
 

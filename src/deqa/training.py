@@ -112,7 +112,10 @@ def train(
     accelerator.register_save_state_pre_hook(_keep_trainable(accelerator))
 
     checkpoints = Checkpoints(
-        accelerator, checkpoint_dir, fingerprint(params, labels_dir, base_dir, base_path), live_dir
+        accelerator,
+        checkpoint_dir,
+        fingerprint(params, labels_dir, base_dir, base_path, accelerator.num_processes),
+        live_dir,
     )
     state = checkpoints.resume() if tcfg.resume == "auto" else TrainState()
     live = open_live(live_dir, accelerator, resume=checkpoints.live_restored)

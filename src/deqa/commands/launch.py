@@ -101,9 +101,9 @@ def build(args: argparse.Namespace, gpus: int) -> tuple[list[str], dict[str, str
 
 
 def run(args: argparse.Namespace) -> int:
-    from deqa.commands.score import STATUS_ENV
-
     import torch
+
+    from deqa.distributed import STATUS_ENV
 
     try:
         cmd, env = build(args, torch.cuda.device_count() if torch.cuda.is_available() else 0)

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from deqa import score_shards as shards
-from deqa.distributed import Launch, LaunchError, check_processes, launch_info, parse_shard
+from deqa.distributed import STATUS_ENV, Launch, LaunchError, check_processes, launch_info, parse_shard
 from deqa.images import display_path
 from deqa.score_files import (
     EXIT_FAILED,
@@ -35,10 +35,6 @@ from deqa.score_files import (
 from deqa.scoring import DECODERS, ModelLoadError, Scorer
 
 log = logging.getLogger("deqa.score")
-
-STATUS_ENV = "DEQA_LAUNCH_STATUS"
-"""Set by ``deqa launch``: rank 0 writes its exit code there and exits 0 (torchrun reports any
-non-zero exit as a failed worker), and ``deqa launch`` exits with it."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
