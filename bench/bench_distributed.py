@@ -17,6 +17,11 @@
 
     python bench/bench_distributed.py train [--rounds 1]
     python bench/bench_distributed.py score --model models/deqa [--images 2000] [--rounds 1]
+    python bench/bench_distributed.py ray --model models/deqa [--images 1000]
+
+* ``ray``: the same photos through :func:`deqa.ray_scoring.score_paths` on a local Ray cluster
+  (``ray.init(num_cpus=2)`` on 127.0.0.1, 2 actors of 1 CPU and 1 torch thread each; start-up of the
+  cluster and the actors included) against ``deqa score`` in one process with one thread.
 """
 
 from __future__ import annotations
@@ -108,6 +113,48 @@ def score_cmd(variant: str, model: str, images: Path, out: Path) -> tuple[list[s
     return [str(BIN / "deqa"), "launch", "-n", "2", "--cpu", "--threads", "1", *common], _env(1)
 
 
+RAY_CHILD = r"""
+import os, sys, time
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+import ray
+from deqa.ray_scoring import score_paths
+paths = sorted(os.path.join(sys.argv[1], f) for f in os.listdir(sys.argv[1]))
+ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
+         object_store_memory=200 * 2**20)
+ray.data.DataContext.get_current().enable_progress_bars = False
+rows = score_paths(paths, sys.argv[2], actors=2, batch_size=16)
+import csv
+with open(sys.argv[3], "w", newline="") as fh:
+    w = csv.writer(fh)
+    w.writerow(["path", "score"])
+    w.writerows([r["path"], f"{r['score']:.6f}"] for r in rows if not r["error"])
+ray.shutdown()
+"""
+
+
+def bench_ray(args) -> list[dict]:
+    work = Path(args.work)
+    images = _images(work, args.images)
+    rows, reference = [], None
+    for r in range(args.rounds):
+        for i, variant in enumerate(("deqa score, 1 process, 1 thread", "Ray Data, 2 actors x 1 CPU")):
+            out = work / f"ray-{i}-{r}.csv"
+            out.unlink(missing_ok=True)
+            if i == 0:
+                cmd, env = score_cmd(VARIANTS[0], args.model, images, out)
+            else:
+                cmd, env = [sys.executable, "-c", RAY_CHILD, str(images), args.model, str(out)], _env(1)
+            row = {"variant": variant, "round": r, **measure(cmd, env, work / f"ray-{i}-{r}.log")}
+            scores = {os.path.basename(k): v for k, v in _scores(out).items()}
+            reference = reference or scores
+            assert scores.keys() == reference.keys(), "a run scored other images"
+            row.update(images=len(scores), images_per_s=len(scores) / row["wall_s"])
+            row["max_diff_vs_first"] = max(abs(scores[k] - reference[k]) for k in reference)
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    return rows
+
+
 VARIANTS = ("1 process, 1 thread", "1 process, 2 threads", "2 processes (deqa launch), 1 thread each")
 
 
@@ -116,17 +163,25 @@ def _scores(path: Path) -> dict[str, float]:
         return {r["path"]: float(r["score"]) for r in csv.DictReader(fh) if r.get("score")}
 
 
-def bench_score(args) -> list[dict]:
-    work = Path(args.work)
-    images = work / "biq2021"
-    if not images.is_dir() or len(list(images.iterdir())) != args.images:
+def _images(work: Path, n: int) -> Path:
+    """A folder of links to the first ``n`` sorted BIQ2021 photos."""
+    images = work / f"biq2021-{n}"
+    if not images.is_dir() or len(list(images.iterdir())) != n:
         shutil.rmtree(images, ignore_errors=True)
         images.mkdir(parents=True)
-        for p in sorted(BIQ.iterdir())[: args.images]:
+        for p in sorted(BIQ.iterdir())[:n]:
             (images / p.name).symlink_to(p)
+    return images
+
+
+def bench_score(args) -> list[dict]:
+    work = Path(args.work)
+    images = _images(work, args.images)
     rows, reference = [], None
     for r in range(args.rounds):
         for i, variant in enumerate(VARIANTS):
+            if str(i) not in args.variants.split(","):
+                continue
             out = work / f"score-{i}-{r}.csv"
             out.unlink(missing_ok=True)
             cmd, env = score_cmd(variant, args.model, images, out)
@@ -144,15 +199,16 @@ def bench_score(args) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=["train", "score"])
+    ap.add_argument("what", choices=["train", "score", "ray"])
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--work", default=str(REPO / "bench" / "out" / "distributed"))
     ap.add_argument("--model", default="models/deqa")
     ap.add_argument("--images", type=int, default=2000)
+    ap.add_argument("--variants", default="0,1,2", help="score: which of the variants, by index (0,1,2)")
     args = ap.parse_args(argv)
     Path(args.work).mkdir(parents=True, exist_ok=True)
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()}")
-    rows = bench_train(args) if args.what == "train" else bench_score(args)
+    rows = {"train": bench_train, "score": bench_score, "ray": bench_ray}[args.what](args)
     (Path(args.work) / f"{args.what}.json").write_text(json.dumps(rows, indent=1) + "\n")
     return 0
 
