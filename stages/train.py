@@ -41,12 +41,16 @@ def main(argv: list[str] | None = None) -> int:
     require_deps(
         {**image_roots(Path(args.labels) / "train.csv", Path(args.labels) / "val.csv"), **checkpoint_inputs(args.base)}
     )
+    from deqa.distributed import LaunchError
     from deqa.training import train
 
-    summary = train(params, args.labels, args.base, args.out, args.checkpoints, args.live, features=args.features)
+    try:
+        summary = train(params, args.labels, args.base, args.out, args.checkpoints, args.live, features=args.features)
+    except LaunchError as exc:  # several processes asked for, one started (docs/distributed.md)
+        raise SystemExit(f"error: {exc}") from None
     from accelerate import PartialState
 
-    if not PartialState().is_main_process:  # under `accelerate launch`: one writer
+    if not PartialState().is_main_process:  # on N processes (deqa launch, torchrun): one writer
         return 0
     sel = summary["selected"]
     write_json(

@@ -96,7 +96,17 @@ def test_dvc_yaml_stages_match_scripts_params_and_outputs():
     dvc = _yaml("dvc.yaml")
     stages = dvc["stages"]
     sections = set(to_dict(Params()))
-    expected = ["prepare", "validate", "soft_labels", "base_model", "features", "train", "sensitivity", "evaluate", "report"]
+    expected = [
+        "prepare",
+        "validate",
+        "soft_labels",
+        "base_model",
+        "features",
+        "train",
+        "sensitivity",
+        "evaluate",
+        "report",
+    ]
     assert list(stages) == expected
     used = set()
     for name, stage in stages.items():

@@ -2,8 +2,9 @@
 
 **Fingerprint** (:func:`fingerprint`): a checkpoint is resumed only by a run with the same
 fingerprint, which alone decides (the ``checkpoints/`` folder is the train stage's private resume
-cache, not a DVC output). It has four parts, each a SHA-256, and a log line names the parts that
-differ when a checkpoint is skipped:
+cache, not a DVC output). It has four parts, each a SHA-256, and the number of processes (each
+rank's share of an epoch and its position in it depend on it: a run on 2 processes resumes only
+on 2); a log line names the parts that differ when a checkpoint is skipped:
 
 - ``params``: the params sections that shape the run (``base``, ``soft_labels``, ``model``,
   ``train``, ``lora``, ``loss``), minus the keys that do not change the trained weights
@@ -16,11 +17,13 @@ differ when a checkpoint is skipped:
 - ``code``: every ``.py`` file of the installed ``deqa`` package, names and bytes (conservative:
   any change to the package, even outside training, invalidates old checkpoints).
 
-**A checkpoint** ``step_NNNNNNN/`` holds
+**A checkpoint** ``step_NNNNNNN/`` holds (on N processes rank 0 writes everything below but the
+per-rank RNG states, and every rank waits for it)
 
 - what ``accelerate.Accelerator.save_state`` writes: ``model.safetensors`` (only the trainable
   tensors), ``optimizer.bin`` and ``scheduler.bin`` (``torch.save`` pickles), and
-  ``random_states_<process>.pkl`` (pickle: Python, NumPy, torch and CUDA RNG states); under
+  ``random_states_<process>.pkl`` (pickle: Python, NumPy, torch and CUDA RNG states; each rank
+  writes its own, so on several machines the folder must be shared); under
   DeepSpeed its own engine checkpoint instead; with fp16 a ``scaler.pt``;
 - ``deqa_state.json`` (written by deqa): the fingerprint and its parts, the optimizer step, the
   epoch and the batches done in it, the running sums of the losses not yet logged, the per-epoch
@@ -136,6 +139,7 @@ class Fingerprint:
     data: str
     base: str
     code: str
+    processes: str = "1"  # the ranks' shares and positions hold only for the same number of processes
 
     @property
     def value(self) -> str:
@@ -145,13 +149,16 @@ class Fingerprint:
         return [k for k, v in asdict(self).items() if other.get(k) != v]
 
 
-def fingerprint(params: Params, labels_dir: str | Path, base_dir: str | Path, checkpoint: str | Path) -> Fingerprint:
-    """The identity of a training run (module docstring): params, data, base model and code."""
+def fingerprint(
+    params: Params, labels_dir: str | Path, base_dir: str | Path, checkpoint: str | Path, processes: int = 1
+) -> Fingerprint:
+    """The identity of a training run (module docstring): params, data, base model, code, processes."""
     return Fingerprint(
         params=params_digest(params),
         data=data_digest(labels_dir),
         base=base_digest(base_dir, checkpoint),
         code=code_digest(),
+        processes=str(processes),
     )
 
 

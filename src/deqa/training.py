@@ -5,7 +5,8 @@ Read :func:`train` top to bottom; every step is a small function below it. What 
 - **LoRA or full fine-tuning** (peft): adapters on the language model's ``lora.target_modules``,
   the projector trained in full (``modules_to_save``), plus ``lm_head`` (``lora.train_lm_head``)
   and the vision tower (``train.train_vision``); ``train.full_finetune`` trains everything.
-- **accelerate**: device placement, multi-process data sharding (``accelerate launch``),
+- **accelerate**: device placement, multi-process training (``deqa launch -n N``, ``torchrun``; each
+  rank a disjoint share of every epoch's pairs, one writer; :mod:`deqa.distributed`),
   **mixed precision** (``train.mixed_precision: auto`` is bf16 on GPUs; trainable parameters stay
   fp32 under autocast), **gradient accumulation** (``train.grad_accum``), **DeepSpeed** (ZeRO-3
   weights are gathered before saving); transformers' cosine schedule with warm-up; activation
@@ -56,6 +57,7 @@ from torch import nn
 from deqa.checkpointing import Checkpoints, TrainState, fingerprint
 from deqa.config import Params, TrainConfig, to_dict
 from deqa.data import Collator, Examples, PairDataset
+from deqa.distributed import RoundBatches, check_processes, describe, strided_share, use_cpu_ranks
 from deqa.feature_extract import extract
 from deqa.features import FeatureStore, fed
 from deqa.losses import deqa_loss
@@ -112,13 +114,16 @@ def train(
     tower = get_module(model, names.vision)
     store = feature_store(features, model, tower, processor, conv, train_ex, val_ex, accelerator, progress)
 
-    collate, loader = make_loader(conv, train_ex, tcfg, seed, store)
+    collate, loader = make_loader(conv, train_ex, tcfg, seed, accelerator.num_processes, store)
     optimizer, scheduler, total = make_optimizer(trainable, tcfg, len(loader), accelerator.num_processes)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     accelerator.register_save_state_pre_hook(_keep_trainable(accelerator))
 
     checkpoints = Checkpoints(
-        accelerator, checkpoint_dir, fingerprint(params, labels_dir, base_dir, base_path), live_dir
+        accelerator,
+        checkpoint_dir,
+        fingerprint(params, labels_dir, base_dir, base_path, accelerator.num_processes),
+        live_dir,
     )
     state = checkpoints.resume() if tcfg.resume == "auto" else TrainState()
     live = open_live(live_dir, accelerator, resume=checkpoints.live_restored)
@@ -182,10 +187,19 @@ def rater_std(examples: Examples) -> dict[str, dict[str, int]]:
 # ---------------------------------------------------------------------------------------------
 # set-up
 # ---------------------------------------------------------------------------------------------
-def make_loader(conv: Conversation, train_ex, tcfg: TrainConfig, seed: int, features: FeatureStore | None = None):
-    """The collator and the pair loader of the training images (``batch_pairs`` pairs per batch)."""
+def make_loader(
+    conv: Conversation, train_ex, tcfg: TrainConfig, seed: int, processes: int = 1, features: FeatureStore | None = None
+):
+    """The collator and the pair loader of the training images (``batch_pairs`` pairs per batch).
+
+    On N processes the batches are cut to whole rounds of N (:class:`deqa.distributed.RoundBatches`),
+    so that the ranks' shares of each epoch are disjoint.
+    """
     pairs, collate = PairDataset(train_ex.dataset, seed), Collator(conv, train_ex, seed, features)
     drop_last = len(pairs) >= 2 * tcfg.batch_pairs
+    if processes > 1:
+        batches = RoundBatches(len(pairs), tcfg.batch_pairs, drop_last, processes)
+        return collate, torch.utils.data.DataLoader(pairs, batch_sampler=batches, collate_fn=collate.pairs)
     loader = torch.utils.data.DataLoader(
         pairs, batch_size=tcfg.batch_pairs, collate_fn=collate.pairs, drop_last=drop_last
     )
@@ -193,14 +207,22 @@ def make_loader(conv: Conversation, train_ex, tcfg: TrainConfig, seed: int, feat
 
 
 def make_accelerator(tcfg: TrainConfig, seed: int):
-    """An ``Accelerator`` for the params (``mixed_precision: auto``: bf16 where the GPU has it); seeds all RNGs."""
+    """An ``Accelerator`` for the params (``mixed_precision: auto``: bf16 where the GPU has it); seeds all RNGs.
+
+    Raises :class:`deqa.distributed.LaunchError` where the launcher asked for several processes
+    but this one runs alone (``accelerate launch --cpu --num_processes N``, see docs/distributed.md).
+    """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     mp = tcfg.mixed_precision
     if mp == "auto":
         mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    accelerator = Accelerator(gradient_accumulation_steps=tcfg.grad_accum, mixed_precision=mp)
+    # cpu: a multi-process launch on a machine without CUDA gets gloo ranks (deqa.distributed)
+    accelerator = Accelerator(cpu=use_cpu_ranks(), gradient_accumulation_steps=tcfg.grad_accum, mixed_precision=mp)
+    check_processes(accelerator.num_processes)  # no silent one-process run where N were asked for
+    if accelerator.num_processes > 1:
+        log.info("training on %s", describe(accelerator.state))
     set_seed(seed)  # the LoRA initialisation draws from it
     return accelerator
 
@@ -444,20 +466,30 @@ def end_epoch(
 def val_correlations(
     accelerator, model, processor, val_ex: Examples, batch_size: int, features: FeatureStore | None = None
 ) -> tuple[float, float]:
-    """Val SRCC/PLCC of the model in training, scored by :class:`deqa.scoring.Scorer` (from the
-    feature store where it holds the images).
+    """Val SRCC/PLCC of the model in training, from :func:`val_predictions`."""
+    from scipy.stats import pearsonr, spearmanr
 
-    Each process scores an equal share of the images (padded, so every process runs the same
-    number of forward passes, as ZeRO-3 needs); the predictions are gathered on every process.
+    pred = val_predictions(accelerator, model, processor, val_ex, batch_size, features)
+    if np.ptp(pred) == 0:
+        return 0.0, 0.0
+    return float(spearmanr(pred, val_ex.m).statistic), float(pearsonr(pred, val_ex.m).statistic)
+
+
+def val_predictions(
+    accelerator, model, processor, val_ex: Examples, batch_size: int, features: FeatureStore | None = None
+) -> np.ndarray:
+    """The predicted scores of the validation images, scored by :class:`deqa.scoring.Scorer`.
+
+    Each process scores an equal share of the images (:func:`deqa.distributed.strided_share`:
+    padded, so every process runs the same number of forward passes, as ZeRO-3 needs); the
+    predictions are gathered on every process, in the label file's order.
     """
     from accelerate.utils import gather_object
-    from scipy.stats import pearsonr, spearmanr
 
     from deqa.scoring import Scorer
 
     n, world, rank = len(val_ex), accelerator.num_processes, accelerator.process_index
-    share = list(range(rank, n, world)) or [0]
-    share += share[-1:] * (math.ceil(n / world) - len(share))
+    share = strided_share(n, rank, world)
     scorer = Scorer(accelerator.unwrap_model(model), processor, accelerator.device, batch_size, features=features)
     result = scorer.score([val_ex.paths[i] for i in share], batch_size=batch_size, progress=False)
     scored = list(zip(share, result.mean.tolist(), strict=True))
@@ -466,9 +498,7 @@ def val_correlations(
     pred = np.full(n, np.nan)
     for i, mu in scored:
         pred[i] = mu
-    if np.ptp(pred) == 0:
-        return 0.0, 0.0
-    return float(spearmanr(pred, val_ex.m).statistic), float(pearsonr(pred, val_ex.m).statistic)
+    return pred
 
 
 def trainable_state(accelerator, model) -> dict[str, torch.Tensor]:
