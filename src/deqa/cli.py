@@ -28,6 +28,7 @@ COMMANDS = {
     "validate": "check a label file and its images with the validation suite",
     "labels": "print the soft-label discretisation table of a label file",
     "score": "score images with a trained model",
+    "serve": "serve a trained model over HTTP (POST /score, micro-batched; the serve extra)",
     "export": "merge a LoRA adapter into its base model and save a checkpoint",
     "gate": "CI check: metrics reproduce the committed ones and SRCC does not regress",
     "report": "write the pipeline report, or with --experiments the DVC experiments page",
