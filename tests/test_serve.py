@@ -42,7 +42,7 @@ FIELDS = ("score", "std", *[f"p_{lv}" for lv in LEVELS])
 MAX_PIXELS = 200_000  # the module server's decompression-bomb limit
 SERVER_ARGS = [
     "--threads", "1", "--max-batch", "8", "--max-wait-ms", "20", "--max-images", "4",
-    "--max-request-mb", "1", "--max-pixels", str(MAX_PIXELS), "--max-queue", "16", "--max-requests", "12",
+    "--max-request-mb", "1", "--max-pixels", str(MAX_PIXELS), "--max-queue", "16", "--max-requests", "12", "--encode-in", "threads",
 ]  # fmt: skip
 
 
@@ -224,7 +224,7 @@ def test_health_openapi_and_docs_pages(server):
     status, _, raw = request(server + "/health")
     health = json.loads(raw)
     assert status == 200 and health["status"] == "ok" and health["device"] == "cpu"
-    assert health["model"].endswith("model") and health["batch_assembly"] == "per-image encodings"
+    assert health["model"].endswith("model") and health["encode_in"] == "threads"
     assert health["limits"]["max_pixels"] == MAX_PIXELS and health["limits"]["max_batch"] == 8
     status, _, raw = request(server + "/openapi.json")
     spec = json.loads(raw)
@@ -409,10 +409,11 @@ def test_concurrent_requests_good_and_bad_all_get_their_own_answers(server, file
 # servers in a thread: API key, overload, micro-batching (the model's forward pass held)
 # ---------------------------------------------------------------------------------------------
 def test_api_key_guards_score_but_not_health(scorer, files, expected):
-    from deqa.serve.service import ScoringService
+    from deqa.serve.service import Limits, ScoringService
 
     img = [("img0.png", files["good"]["img0.png"].read_bytes())]
-    with thread_server(lambda: ScoringService(scorer), api_key="s3cret", model="m") as (url, _):
+    make = lambda: ScoringService(scorer, Limits(encode_in="model"))  # noqa: E731 (batches encoded by the processor)
+    with thread_server(make, api_key="s3cret", model="m") as (url, _):
         status, head, answer = post_images(url, img)
         assert status == 401 and "needs an API key" in answer["error"] and head["www-authenticate"] == "Bearer"
         status, _, answer = post_images(url, img, {"X-API-Key": "wrong"})
@@ -483,12 +484,14 @@ def test_overload_answers_503_with_retry_after_and_memory_stays_bounded(scorer, 
     assert service.served["refused"] == 1 and max(gate.sizes) <= 4
 
 
-def test_concurrent_requests_are_scored_in_one_batch(scorer, files, expected, monkeypatch):
+@pytest.mark.parametrize("encode_in", ["threads", "model"])
+def test_concurrent_requests_are_scored_in_one_batch(scorer, files, expected, monkeypatch, encode_in):
     from deqa.serve.service import Limits, ScoringService
 
     gate = _Gate(scorer, monkeypatch)
     names = ["img0.png", "img1.png", "img2.png", "img3.png", "img4.png", "grey16.png", "rotated.png"]
-    service = ScoringService(scorer, Limits(max_batch=8, max_wait_ms=0, decode_threads=2)).start()
+    service = ScoringService(scorer, Limits(max_batch=8, max_wait_ms=0, decode_threads=2, encode_in=encode_in)).start()
+    assert service.encoder.where == encode_in
     try:
         futures = service.submit([(names[0], files["good"][names[0]].read_bytes())])
         _wait_for(lambda: gate.sizes == [1])  # the model is busy with the first image
@@ -502,13 +505,31 @@ def test_concurrent_requests_are_scored_in_one_batch(scorer, files, expected, mo
     assert [r["name"] for r in rows] == names and all(same_scores(r, expected[r["name"]]) for r in rows)
 
 
+def test_decoded_images_waiting_for_the_model_stay_within_two_batches(scorer, files, expected, monkeypatch):
+    from deqa.serve.service import Limits, ScoringService
+
+    gate = _Gate(scorer, monkeypatch)
+    service = ScoringService(scorer, Limits(max_batch=2, max_wait_ms=0, decode_threads=2, encode_in="model")).start()
+    names = sorted(files["good"])
+    try:
+        futures = service.submit([(n, files["good"][n].read_bytes()) for n in names])
+        _wait_for(lambda: gate.sizes and service._waiting.qsize() == 4)
+        time.sleep(0.3)  # the decoding threads had time to go on: they wait instead
+        assert service._waiting.qsize() == 4 and service.pending == len(names)
+        gate.open()
+        rows = [f.result(timeout=120) for f in futures]
+    finally:
+        service.close()
+    assert [r["name"] for r in rows] == names and all(same_scores(r, expected[r["name"]]) for r in rows)
+
+
 def test_a_batch_that_breaks_the_model_is_retried_image_by_image(scorer, files, expected, monkeypatch):
     import torch
 
     from deqa.serve.service import Limits, ScoringService
 
     forward = scorer.forward
-    service = ScoringService(scorer, Limits(max_batch=8, max_wait_ms=200))
+    service = ScoringService(scorer, Limits(max_batch=8, max_wait_ms=200, encode_in="threads"))
     poison = service.encoder.prepare(files["good"]["img2.png"].read_bytes())["pixel_values"][0]
 
     def fragile(enc, pos):  # fails on any batch that holds the poisoned image's pixels
@@ -537,6 +558,14 @@ def test_cli_errors_are_one_line_and_exit_2(trained, tmp_path, capsys):
     assert "--max-batch must be at least 1" in capsys.readouterr().err
     assert cli(["serve", "--model", str(trained["model"]), "--max-images", "9", "--max-queue", "4"]) == 2
     assert "--max-images (9) cannot exceed --max-queue (4)" in capsys.readouterr().err
+
+
+def test_without_the_serve_extra_the_command_says_how_to_install(trained, monkeypatch, capsys):
+    monkeypatch.delitem(sys.modules, "deqa.serve.app", raising=False)
+    monkeypatch.setitem(sys.modules, "fastapi_offline", None)  # as if not installed
+    assert cli(["serve", "--model", str(trained["model"])]) == 2
+    err = capsys.readouterr().err
+    assert "needs the serve extra (fastapi_offline is missing): pip install 'deqa[serve]'" in err
 
 
 def test_a_busy_port_is_one_line_and_exit_2(trained, server):

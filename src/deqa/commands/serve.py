@@ -80,6 +80,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="threads that decode and encode uploads beside the model (default 0: the cores left beside torch's, 1-4)",
     )
     g.add_argument(
+        "--encode-in",
+        choices=["auto", "threads", "model"],
+        default=d.encode_in,
+        help="where uploads are resized and tokenised: in the decoding threads, one by one, beside the model, "
+        "or in the model thread per batch; auto (default): threads on a GPU or with 2 spare CPU cores, else model",
+    )
+    g.add_argument(
         "--api-key",
         default=os.environ.get("DEQA_API_KEY"),
         help="require this key on POST /score (X-API-Key or Authorization: Bearer); default: $DEQA_API_KEY, none if unset",
@@ -104,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
             max_requests=args.max_requests,
             max_pixels=args.max_pixels,
             decode_threads=args.decode_threads,
+            encode_in=args.encode_in,
         ).check()
     except ValueError as exc:
         log.error("%s", re.sub(r"\b(max_\w+|decode_threads)\b", lambda m: "--" + m[1].replace("_", "-"), str(exc)))
@@ -134,7 +142,8 @@ def run(args: argparse.Namespace) -> int:
     service = ScoringService(scorer, limits)
     app = create_app(service, model=display_path(args.model), api_key=args.api_key or None)
     try:
-        serve(app, args.host, args.port, access_log=args.access_log)
+        # open connections: room for every allowed request plus idle kept-alive ones and /health
+        serve(app, args.host, args.port, access_log=args.access_log, max_connections=4 * limits.max_requests + 64)
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", args.host, args.port, exc.strerror or exc)
         return EXIT_FAILED

@@ -332,8 +332,12 @@ def bind(host: str, port: int) -> socket.socket:
     return socket.create_server((host, port), family=family, backlog=2048)
 
 
-def serve(app: FastAPI, host: str, port: int, access_log: bool = False) -> None:
-    """Run ``app`` with uvicorn on ``host:port`` until SIGINT/SIGTERM; logs the address it listens on."""
+def serve(app: FastAPI, host: str, port: int, access_log: bool = False, max_connections: int | None = None) -> None:
+    """Run ``app`` with uvicorn on ``host:port`` until SIGINT/SIGTERM; logs the address it listens on.
+
+    ``max_connections``: open connections (idle kept-alive ones included) beyond which uvicorn
+    itself answers 503, an outer bound beside the app's own limits.
+    """
     import uvicorn
 
     sock = bind(host, port)
@@ -346,7 +350,14 @@ def serve(app: FastAPI, host: str, port: int, access_log: bool = False) -> None:
         handler.setFormatter(logging.Formatter("%(message)s"))
         access.addHandler(handler)
         access.propagate = False
-    config = uvicorn.Config(app, log_config=None, access_log=access_log, timeout_graceful_shutdown=10, lifespan="on")
+    config = uvicorn.Config(
+        app,
+        log_config=None,
+        access_log=access_log,
+        timeout_graceful_shutdown=10,
+        limit_concurrency=max_connections,
+        lifespan="on",
+    )
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal to the handler it
     # found: this one notes it, so that a stopped server returns (exit 0) instead of dying by it
     stopped_by: list[str] = []

@@ -10,14 +10,18 @@ orientation, 16-bit scaling, alpha on white, the decompression-bomb guard) and s
 :class:`~deqa.scoring.Scorer`'s own ``encode`` / ``forward``. Scores do not depend on the batch an
 image lands in (right padding, per-row level positions; see :mod:`deqa.scoring`).
 
-**Where the work runs.** A pool of ``decode_threads`` threads decodes each upload and, where the
-model's processor allows it, encodes it alone (resize, normalise, tokenise), so that decoding runs
-concurrently with the model's batch. The one model thread then only assembles a batch from those
-per-image encodings (token rows right-padded with the pad id, image tensors concatenated) and runs
-the forward pass. That assembly is checked once at start-up: two synthetic images of different
-sizes, encoded one by one and assembled, must equal the processor's own batch encoding exactly;
-otherwise (a processor that pads images across a batch) the threads only decode and the model
-thread encodes each batch with the processor, as ``deqa score`` does.
+**Where the work runs** (``encode_in``). A pool of ``decode_threads`` threads decodes each upload
+while the model runs. With ``threads``, each thread also encodes its image alone (resize,
+normalise, tokenise) and the one model thread only assembles a batch from those per-image
+encodings (token rows right-padded with the pad id, image tensors concatenated) and runs the
+forward pass. That assembly is checked once at start-up: two synthetic images of different sizes,
+encoded one by one and assembled, must equal the processor's own batch encoding exactly, else
+(a processor that pads images across a batch) ``model`` is used. With ``model``, the model thread
+encodes each batch with the processor, as ``deqa score`` does. ``auto`` takes ``threads`` where
+``Scorer.pick_decoder`` would decode in a background thread (an accelerator, or two CPU cores
+spare beyond torch's threads) and ``model`` otherwise: on a 2-core CPU, encoding concurrently
+with the model slows the model's own convolutions and costs ~1.5 ms more CPU per image than
+batch encoding (``bench/bench_serve.py``).
 
 **Micro-batching.** The model thread takes the first waiting image, then keeps taking images until
 it has ``max_batch`` or ``max_wait_ms`` has passed since the first (0: only what is already
@@ -25,9 +29,11 @@ waiting). Under load the batch fills with whatever arrived while the previous ba
 
 **Bounded memory.** At most ``max_queue`` images are admitted at once (being decoded, waiting, or
 being scored); :meth:`ScoringService.submit` refuses a request that would exceed it, whole, and the
-app answers 503 with a ``Retry-After`` estimated from the recent time per image. A decoded
-full-size image lives only inside its decoding thread; what waits is its encoding (192 KiB for the
-default 128 px model).
+app answers 503 with a ``Retry-After`` estimated from the recent time per image. Admitted uploads
+wait as their bytes; at most ``2 x max_batch`` prepared images (decoded, or encoded with
+``threads``: 192 KiB each for the default 128 px model) wait for the model, and the decoding
+threads pause beyond that, so at most ``3 x max_batch + decode_threads`` decoded images exist at
+once (about what ``deqa score`` holds with its background decoder).
 
 **Bad input is one image's error.** An upload that cannot be read (empty, truncated, not an
 image, too many pixels...) becomes ``{"name", "error"}`` with the reason; the other images of the
@@ -59,6 +65,7 @@ from deqa.scoring import Scorer
 
 log = logging.getLogger(__name__)
 
+ENCODE_IN = ("auto", "threads", "model")
 Upload = tuple[str, bytes]
 """One uploaded image: its name (file name or index) and its bytes."""
 
@@ -71,10 +78,11 @@ class Limits:
     max_wait_ms: float = 5.0  # how long the model thread waits for a batch to fill
     max_queue: int = 256  # images admitted at once (decoding, waiting, scoring); beyond: 503
     max_images: int = 64  # images in one request; beyond: 413
-    max_request_mb: float = 64.0  # request body; beyond: 413
+    max_request_mb: float = 32.0  # request body; beyond: 413
     max_requests: int = 64  # POST /score requests handled at once (uploads included); beyond: 503
     max_pixels: int = ValidateConfig().max_pixels  # per image (decompression-bomb guard, as validation)
     decode_threads: int = 0  # 0: the CPU cores left beside torch's threads (at least 1, at most 4)
+    encode_in: str = "auto"  # threads, model or auto (module docstring)
 
     def check(self) -> Limits:
         """Self, or ``ValueError`` naming the first limit out of range."""
@@ -85,6 +93,8 @@ class Limits:
             raise ValueError(f"max_wait_ms must be a finite number >= 0, got {self.max_wait_ms}")
         if not self.max_request_mb > 0:
             raise ValueError(f"max_request_mb must be > 0, got {self.max_request_mb}")
+        if self.encode_in not in ENCODE_IN:
+            raise ValueError(f"encode_in must be one of {', '.join(ENCODE_IN)}, got {self.encode_in!r}")
         if self.decode_threads < 0:
             raise ValueError(f"decode_threads must be >= 0 (0: automatic), got {self.decode_threads}")
         if self.max_images > self.max_queue:
@@ -161,15 +171,22 @@ def encoding_difference(a: dict, b: dict) -> str | None:
 class Encoder:
     """Upload bytes -> what the model thread needs, and a batch of those -> model inputs."""
 
-    def __init__(self, scorer: Scorer):
+    def __init__(self, scorer: Scorer, encode_in: str = "auto"):
         self.scorer = scorer
         tokenizer = scorer.conversation.tokenizer
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._lock = threading.Lock()  # one processor call at a time (a fast tokenizer is not re-entrant)
-        problem = self._assembly_problem()
-        self.per_image = problem is None
+        if encode_in == "auto":
+            encode_in = "threads" if scorer.pick_decoder() == "thread" else "model"
+        problem = self._assembly_problem() if encode_in == "threads" else None
         if problem:
             log.info("batches are encoded by the processor in the model thread: %s", problem)
+        self.per_image = encode_in == "threads" and problem is None
+
+    @property
+    def where(self) -> str:
+        """Where uploads are encoded: ``threads`` (per image) or ``model`` (per batch)."""
+        return "threads" if self.per_image else "model"
 
     def _assembly_problem(self) -> str | None:
         rng = np.random.default_rng(0)
@@ -217,9 +234,10 @@ class ScoringService:
         self.limits = (limits or Limits()).check()
         pixel_guard(self.limits.max_pixels)
         self.scorer = scorer
-        self.encoder = Encoder(scorer)
+        self.encoder = Encoder(scorer, self.limits.encode_in)
         self.decode_threads = self.limits.threads()
-        self._waiting: queue.Queue = queue.Queue()  # bounded by admission (max_queue)
+        # prepared images waiting for the model: 2 batches at most (decoding threads wait beyond that)
+        self._waiting: queue.Queue = queue.Queue(maxsize=2 * self.limits.max_batch)
         self._lock = threading.Lock()
         self.pending = 0  # images admitted and not answered yet
         self.served = {"requests": 0, "images": 0, "errors": 0, "batches": 0, "refused": 0}
@@ -281,10 +299,10 @@ class ScoringService:
             "status": "ok" if self.alive else "failed",
             **({"failure": self.failure} if self.failure else {}),
             "device": str(self.scorer.device),
-            "batch_assembly": "per-image encodings" if self.encoder.per_image else "processor",
+            "encode_in": self.encoder.where,
             "decode_threads": self.decode_threads,
             "pending_images": pending,
-            "limits": asdict(self.limits) | {"decode_threads": self.decode_threads},
+            "limits": asdict(self.limits) | {"decode_threads": self.decode_threads, "encode_in": self.encoder.where},
             "served": served,
         }
 
@@ -297,7 +315,18 @@ class ScoringService:
         except Exception as exc:  # whatever one upload does, it is that upload's error only
             self._answer(fut, {"name": name, "error": f"cannot read the image: {type(exc).__name__}: {exc}"})
         else:
-            self._waiting.put((name, item, fut))
+            self._wait_for_model((name, item, fut))
+
+    def _wait_for_model(self, entry: tuple) -> None:
+        """Queue a prepared image for the model thread, waiting while two batches already wait."""
+        while True:
+            try:
+                self._waiting.put(entry, timeout=0.1)
+                return
+            except queue.Full:
+                if self.failure or self._thread is None or not self._thread.is_alive():
+                    self._answer(entry[2], {"name": entry[0], "error": "the model thread stopped"})
+                    return
 
     def _answer(self, fut: Future, row: dict) -> None:
         with self._lock:
