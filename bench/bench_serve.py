@@ -8,6 +8,8 @@ Side by side in one run, alternating over ``--rounds``:
 * ``serve batched``: a ``deqa serve`` process (``--max-batch``) and ``--clients`` client threads
   in this process, each posting one photo per request (multipart, a kept-alive connection),
   until every photo has been scored once, after a warm-up of ``2 x clients`` requests;
+* ``serve --encode-in threads``: the same, uploads encoded in the decoding threads (the default
+  ``auto`` encodes in the model thread on a CPU without two spare cores);
 * ``serve unbatched``: the same with ``--max-batch 1`` (one request at a time through the model);
 * once: ``serve batched`` with a single client on the first ``--single-count`` photos (latency
   without queueing).
@@ -106,10 +108,10 @@ def run_score_command(args, paths: list[str], work: Path) -> float:
 
 
 # -- deqa serve -----------------------------------------------------------------------------------
-def start_server(args, max_batch: int):
+def start_server(args, max_batch: int, encode_in: str = "auto"):
     cmd = [sys.executable, "-m", "deqa.cli", "serve", "--model", args.model, "--host", HOST, "--port", "0"]
     cmd += ["--threads", str(args.threads), "--max-batch", str(max_batch), "--max-queue", "1024"]
-    cmd += ["--max-requests", "256", "--decode-threads", str(args.decode_threads)]
+    cmd += ["--max-requests", "256", "--decode-threads", str(args.decode_threads), "--encode-in", encode_in]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env())
     deadline = time.monotonic() + 300
     for line in proc.stderr:
@@ -214,8 +216,8 @@ def health(port: int) -> dict:
     return json.loads(conn.getresponse().read())
 
 
-def run_serve(args, paths: list[str], blobs: list[bytes], reference: dict, max_batch: int, clients: int) -> dict:
-    proc, port = start_server(args, max_batch)
+def run_serve(args, paths, blobs, reference: dict, max_batch: int, clients: int, encode_in: str = "auto") -> dict:
+    proc, port = start_server(args, max_batch, encode_in)
     deadline = time.monotonic() + args.timeout
     try:
         warm = [(paths[i % len(paths)], blobs[i % len(paths)]) for i in range(2 * clients)]
@@ -303,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()}", flush=True)
     results: dict[str, list[dict]] = {}
     batched, unbatched = f"serve batched, {args.clients} clients", f"serve max batch 1, {args.clients} clients"
+    threads = f"serve batched, --encode-in threads, {args.clients} clients"
     with tempfile.TemporaryDirectory(prefix="deqa-bench-serve-") as tmp:
         work = Path(tmp)
         command_wall = run_score_command(args, paths, work)
@@ -311,8 +314,10 @@ def main(argv: list[str] | None = None) -> int:
             results.setdefault("deqa score", []).append(score)
             names = [p for p in paths if p in reference]  # the rows of deqa score are keyed by path
             assert len(names) == len(paths)
-            for name, batch in ((batched, args.max_batch), (unbatched, 1)):
-                results.setdefault(name, []).append(run_serve(args, paths, blobs, reference, batch, args.clients))
+            variants = ((batched, args.max_batch, "auto"), (threads, args.max_batch, "threads"), (unbatched, 1, "auto"))
+            for name, batch, where in variants:
+                one = run_serve(args, paths, blobs, reference, batch, args.clients, where)
+                results.setdefault(name, []).append(one)
             if r == 0:
                 k = min(args.single_count, len(paths))
                 one = run_serve(args, paths[:k], blobs[:k], reference, args.max_batch, 1)

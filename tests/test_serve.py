@@ -17,12 +17,11 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
 import warnings
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +30,10 @@ import pytest
 for _module in ("fastapi", "uvicorn", "fastapi_offline", "multipart"):
     pytest.importorskip(_module, reason="the serve extra is not installed (pip install 'deqa[serve]')")
 
+from chromium_pipe import Chromium  # noqa: E402
 from deqa import LEVELS  # noqa: E402
 from deqa.cli import main as cli  # noqa: E402
-from deqa.report.browser import FLAGS, find_chromium, ink_share  # noqa: E402
+from deqa.report.browser import find_chromium, ink_share  # noqa: E402
 from deqa.scoring import Scorer  # noqa: E402
 from model_fixtures import trained_model  # noqa: E402
 
@@ -484,25 +484,28 @@ def test_overload_answers_503_with_retry_after_and_memory_stays_bounded(scorer, 
     assert service.served["refused"] == 1 and max(gate.sizes) <= 4
 
 
-@pytest.mark.parametrize("encode_in", ["threads", "model"])
+@pytest.mark.parametrize("encode_in", ["threads", "model", "inline"])
 def test_concurrent_requests_are_scored_in_one_batch(scorer, files, expected, monkeypatch, encode_in):
     from deqa.serve.service import Limits, ScoringService
 
     gate = _Gate(scorer, monkeypatch)
-    names = ["img0.png", "img1.png", "img2.png", "img3.png", "img4.png", "grey16.png", "rotated.png"]
+    names = ["img0.png", "img1.png", "img2.png", "notes.png", "img4.png", "grey16.png", "rotated.png"]
+    data = {n: (files["good"] | files["bad"])[n].read_bytes() for n in names}
     service = ScoringService(scorer, Limits(max_batch=8, max_wait_ms=0, decode_threads=2, encode_in=encode_in)).start()
     assert service.encoder.where == encode_in
     try:
-        futures = service.submit([(names[0], files["good"][names[0]].read_bytes())])
+        futures = service.submit([(names[0], data[names[0]])])
         _wait_for(lambda: gate.sizes == [1])  # the model is busy with the first image
-        futures += [service.submit([(n, files["good"][n].read_bytes())])[0] for n in names[1:]]
-        _wait_for(lambda: service._waiting.qsize() == 6)  # decoded while the model ran
+        futures += [service.submit([(n, data[n])])[0] for n in names[1:]]
+        # prepared while the model ran; the unreadable one is answered by its decoding thread (inline: later)
+        _wait_for(lambda: service._waiting.qsize() == (6 if encode_in == "inline" else 5))
         gate.open()
         rows = [f.result(timeout=120) for f in futures]
     finally:
         service.close()
-    assert gate.sizes == [1, 6], "the six requests that arrived during the first batch form one batch"
-    assert [r["name"] for r in rows] == names and all(same_scores(r, expected[r["name"]]) for r in rows)
+    assert gate.sizes == [1, 5], "the five readable images that arrived during the first batch form one batch"
+    assert [r["name"] for r in rows] == names and "not an image" in rows[3]["error"]
+    assert all(same_scores(r, expected[r["name"]]) for r in rows if r["name"] != "notes.png")
 
 
 def test_decoded_images_waiting_for_the_model_stay_within_two_batches(scorer, files, expected, monkeypatch):
@@ -578,90 +581,8 @@ def test_a_busy_port_is_one_line_and_exit_2(trained, server):
 
 
 # ---------------------------------------------------------------------------------------------
-# the pages in headless Chromium (driven over its DevTools pipe: a real file upload)
+# the pages in headless Chromium (driven over its DevTools pipe: a real file upload; chromium_pipe.py)
 # ---------------------------------------------------------------------------------------------
-class Chromium:
-    """Headless Chromium with ``--remote-debugging-pipe``: DevTools messages, NUL-terminated JSON, on fds 3/4."""
-
-    def __init__(self, binary: str, width: int = 1000, height: int = 800):
-        to_child, self._out = os.pipe()
-        self._in, from_child = os.pipe()
-        self.profile = tempfile.TemporaryDirectory(prefix="deqa-serve-chromium-")
-
-        def fds() -> None:  # the pipe ends Chromium expects as fd 3 (commands) and fd 4 (answers)
-            os.dup2(to_child, 3)
-            os.dup2(from_child, 4)
-
-        cmd = [binary, *FLAGS, f"--user-data-dir={self.profile.name}", f"--window-size={width},{height}"]
-        self.proc = subprocess.Popen(
-            [*cmd, "--remote-debugging-pipe", "about:blank"],
-            pass_fds=(3, 4),
-            preexec_fn=fds,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        os.close(to_child)
-        os.close(from_child)
-        self._buffer, self._id, self._events = b"", 0, []
-        target = self.call("Target.createTarget", url="about:blank")["targetId"]
-        self.session = self.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
-        self.call("Page.enable", self.session)
-
-    def _message(self, deadline: float) -> dict:
-        while b"\0" not in self._buffer:
-            ready, _, _ = select.select([self._in], [], [], max(0.0, deadline - time.monotonic()))
-            assert ready, "Chromium did not answer in time"
-            chunk = os.read(self._in, 1 << 16)
-            assert chunk, "Chromium closed its DevTools pipe"
-            self._buffer += chunk
-        message, self._buffer = self._buffer.split(b"\0", 1)
-        return json.loads(message)
-
-    def call(self, method: str, session: str | None = None, timeout: float = 60, **params) -> dict:
-        self._id += 1
-        message = {"id": self._id, "method": method, "params": params, **({"sessionId": session} if session else {})}
-        os.write(self._out, json.dumps(message).encode() + b"\0")
-        deadline = time.monotonic() + timeout
-        while True:
-            answer = self._message(deadline)
-            if answer.get("id") == self._id:
-                assert "error" not in answer, f"{method}: {answer['error']}"
-                return answer.get("result", {})
-            self._events.append(answer)
-
-    def page(self, method: str, **params) -> dict:
-        return self.call(method, self.session, **params)
-
-    def open(self, url: str, timeout: float = 60) -> None:
-        self._events.clear()
-        self.page("Page.navigate", url=url)
-        deadline = time.monotonic() + timeout
-        while not any(e.get("method") == "Page.loadEventFired" for e in self._events):
-            self._events.append(self._message(deadline))
-
-    def value(self, expression: str):
-        return self.page("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
-
-    def wait(self, expression: str, timeout: float = 60):
-        deadline = time.monotonic() + timeout
-        while not (value := self.value(expression)):
-            assert time.monotonic() < deadline, f"timed out waiting for {expression}"
-            time.sleep(0.1)
-        return value
-
-    def close(self) -> None:
-        with suppress(AssertionError, OSError):
-            self.call("Browser.close", timeout=10)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        os.close(self._out)
-        os.close(self._in)
-        self.profile.cleanup()
-
-
 _PAGE_STATE = """JSON.stringify({
   status: document.getElementById("status").textContent,
   results: Array.from(document.querySelectorAll(".result")).map(r => ({

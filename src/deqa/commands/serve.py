@@ -77,14 +77,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--decode-threads",
         type=int,
         default=d.decode_threads,
-        help="threads that decode and encode uploads beside the model (default 0: the cores left beside torch's, 1-4)",
+        help="threads that decode uploads beside the model (default 0: the cores left beside torch's, 1-4)",
     )
     g.add_argument(
         "--encode-in",
-        choices=["auto", "threads", "model"],
+        choices=["auto", "threads", "model", "inline"],
         default=d.encode_in,
-        help="where uploads are resized and tokenised: in the decoding threads, one by one, beside the model, "
-        "or in the model thread per batch; auto (default): threads on a GPU or with 2 spare CPU cores, else model",
+        help="where uploads are decoded and encoded (resize, tokenise): threads (each image in the decoding "
+        "threads, beside the model), model (decoded in the threads, encoded per batch in the model thread), "
+        "inline (both in the model thread, as deqa score --decoder none); auto (default): threads on a GPU "
+        "or with 2 spare CPU cores, else inline",
     )
     g.add_argument(
         "--api-key",

@@ -10,18 +10,22 @@ orientation, 16-bit scaling, alpha on white, the decompression-bomb guard) and s
 :class:`~deqa.scoring.Scorer`'s own ``encode`` / ``forward``. Scores do not depend on the batch an
 image lands in (right padding, per-row level positions; see :mod:`deqa.scoring`).
 
-**Where the work runs** (``encode_in``). A pool of ``decode_threads`` threads decodes each upload
-while the model runs. With ``threads``, each thread also encodes its image alone (resize,
-normalise, tokenise) and the one model thread only assembles a batch from those per-image
-encodings (token rows right-padded with the pad id, image tensors concatenated) and runs the
-forward pass. That assembly is checked once at start-up: two synthetic images of different sizes,
-encoded one by one and assembled, must equal the processor's own batch encoding exactly, else
-(a processor that pads images across a batch) ``model`` is used. With ``model``, the model thread
-encodes each batch with the processor, as ``deqa score`` does. ``auto`` takes ``threads`` where
-``Scorer.pick_decoder`` would decode in a background thread (an accelerator, or two CPU cores
-spare beyond torch's threads) and ``model`` otherwise: on a 2-core CPU, encoding concurrently
-with the model slows the model's own convolutions and costs ~1.5 ms more CPU per image than
-batch encoding (``bench/bench_serve.py``).
+**Where the work runs** (``encode_in``). One model thread runs the forward passes.
+
+- ``threads``: a pool of ``decode_threads`` threads decodes each upload and encodes it alone
+  (resize, normalise, tokenise) while the model runs; the model thread only assembles a batch from
+  those per-image encodings (token rows right-padded with the pad id, image tensors concatenated).
+  The assembly is checked once at start-up: two synthetic images of different sizes, encoded one
+  by one and assembled, must equal the processor's own batch encoding exactly, else (a processor
+  that pads images across a batch) ``model`` is used.
+- ``model``: the threads only decode; the model thread encodes each batch with the processor.
+- ``inline``: the model thread decodes and encodes each batch itself, as ``deqa score`` does
+  with ``--decoder none``; the request handlers only parse HTTP.
+- ``auto`` (default): ``threads`` where :meth:`deqa.scoring.Scorer.pick_decoder` would decode in
+  a background thread (an accelerator, or two CPU cores spare beyond torch's threads), else
+  ``inline``. On a 2-core CPU, work running beside the model slows the model's own convolutions
+  more than it saves: ``inline`` served about 1.5x the images/s of ``threads`` there
+  (``bench/bench_serve.py``, BENCHMARKS.md).
 
 **Micro-batching.** The model thread takes the first waiting image, then keeps taking images until
 it has ``max_batch`` or ``max_wait_ms`` has passed since the first (0: only what is already
@@ -30,10 +34,11 @@ waiting). Under load the batch fills with whatever arrived while the previous ba
 **Bounded memory.** At most ``max_queue`` images are admitted at once (being decoded, waiting, or
 being scored); :meth:`ScoringService.submit` refuses a request that would exceed it, whole, and the
 app answers 503 with a ``Retry-After`` estimated from the recent time per image. Admitted uploads
-wait as their bytes; at most ``2 x max_batch`` prepared images (decoded, or encoded with
-``threads``: 192 KiB each for the default 128 px model) wait for the model, and the decoding
-threads pause beyond that, so at most ``3 x max_batch + decode_threads`` decoded images exist at
-once (about what ``deqa score`` holds with its background decoder).
+wait as their bytes; at most ``2 x max_batch`` prepared images (bytes with ``inline``, decoded
+images with ``model``, encodings with ``threads``: 192 KiB each for the default 128 px model)
+wait for the model, and the decoding threads pause beyond that, so at most ``3 x max_batch +
+decode_threads`` decoded images exist at once (about what ``deqa score`` holds with its
+background decoder; ``max_batch`` with ``inline``).
 
 **Bad input is one image's error.** An upload that cannot be read (empty, truncated, not an
 image, too many pixels...) becomes ``{"name", "error"}`` with the reason; the other images of the
@@ -65,7 +70,7 @@ from deqa.scoring import Scorer
 
 log = logging.getLogger(__name__)
 
-ENCODE_IN = ("auto", "threads", "model")
+ENCODE_IN = ("auto", "threads", "model", "inline")
 Upload = tuple[str, bytes]
 """One uploaded image: its name (file name or index) and its bytes."""
 
@@ -177,16 +182,17 @@ class Encoder:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._lock = threading.Lock()  # one processor call at a time (a fast tokenizer is not re-entrant)
         if encode_in == "auto":
-            encode_in = "threads" if scorer.pick_decoder() == "thread" else "model"
+            encode_in = "threads" if scorer.pick_decoder() == "thread" else "inline"
         problem = self._assembly_problem() if encode_in == "threads" else None
         if problem:
             log.info("batches are encoded by the processor in the model thread: %s", problem)
-        self.per_image = encode_in == "threads" and problem is None
+            encode_in = "model"
+        self.where = encode_in
+        """Where uploads are decoded and encoded: ``threads``, ``model`` or ``inline`` (module docstring)."""
 
     @property
-    def where(self) -> str:
-        """Where uploads are encoded: ``threads`` (per image) or ``model`` (per batch)."""
-        return "threads" if self.per_image else "model"
+    def per_image(self) -> bool:
+        return self.where == "threads"
 
     def _assembly_problem(self) -> str | None:
         rng = np.random.default_rng(0)
@@ -206,9 +212,11 @@ class Encoder:
         return load_image(io.BytesIO(data))
 
     def prepare(self, data: bytes):
-        """Decode (and, where batches are assembled, encode) one upload; runs in a decoding thread."""
+        """What a decoding thread hands the model thread: the encoding, the image, or the bytes."""
+        if self.where == "inline":
+            return data
         image = self.decode(data)
-        if not self.per_image:
+        if self.where == "model":
             return image
         with self._lock:
             enc, _ = self.scorer.encode([image])
@@ -222,6 +230,13 @@ class Encoder:
         if enc is None:
             return None
         return enc, self.scorer.conversation.level_positions(enc["input_ids"], enc.get("attention_mask"))
+
+
+def unreadable(exc: Exception) -> str:
+    """The reason an upload could not be read: :class:`ImageLoadError`'s, else the exception."""
+    if isinstance(exc, ImageLoadError):
+        return exc.reason
+    return f"cannot read the image: {type(exc).__name__}: {exc}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,10 +325,8 @@ class ScoringService:
     def _prepare(self, name: str, data: bytes, fut: Future) -> None:
         try:
             item = self.encoder.prepare(data)
-        except ImageLoadError as exc:
-            self._answer(fut, {"name": name, "error": exc.reason})
         except Exception as exc:  # whatever one upload does, it is that upload's error only
-            self._answer(fut, {"name": name, "error": f"cannot read the image: {type(exc).__name__}: {exc}"})
+            self._answer(fut, {"name": name, "error": unreadable(exc)})
         else:
             self._wait_for_model((name, item, fut))
 
@@ -364,6 +377,10 @@ class ScoringService:
 
     def _score(self, batch: list) -> None:
         start = time.perf_counter()
+        if self.encoder.where == "inline":
+            batch = self._decode_inline(batch)
+            if not batch:
+                return
         rows = self._rows([item for _, item, _ in batch])
         per_image = (time.perf_counter() - start) / len(batch)
         self._seconds_per_image = 0.8 * self._seconds_per_image + 0.2 * per_image
@@ -371,6 +388,16 @@ class ScoringService:
             self.served["batches"] += 1
         for (name, _, fut), row in zip(batch, rows, strict=True):
             self._answer(fut, {"name": name, **row})
+
+    def _decode_inline(self, batch: list) -> list:
+        """``inline``: decode the batch's uploads here; an unreadable one is answered at once."""
+        kept = []
+        for name, data, fut in batch:
+            try:
+                kept.append((name, self.encoder.decode(data), fut))
+            except Exception as exc:
+                self._answer(fut, {"name": name, "error": unreadable(exc)})
+        return kept
 
     def _rows(self, items: list) -> list[dict]:
         """Score rows for prepared items; a failing batch is retried image by image."""
