@@ -29,6 +29,7 @@ COMMANDS = {
     "labels": "print the soft-label discretisation table of a label file",
     "score": "score images with a trained model",
     "launch": "start N processes (ranks) of a stage script or a deqa command, on CPUs or GPUs",
+    "serve": "serve a trained model over HTTP (POST /score, micro-batched; the serve extra)",
     "export": "merge a LoRA adapter into its base model and save a checkpoint",
     "gate": "CI check: metrics reproduce the committed ones and SRCC does not regress",
     "report": "write the pipeline report, or with --experiments the DVC experiments page",
