@@ -186,7 +186,7 @@ def _clone(work: Path, pipeline: str, size: str) -> Path:
     return repo
 
 
-def measure(settings: list[str], pipeline: str, size: str, work: Path) -> dict:
+def measure(settings: list[str], pipeline: str, size: str, work: Path, save: Path | None = None) -> dict:
     repo = _clone(work, pipeline, size)
     dvcfile = repo / pipeline / "dvc.yaml"
     if size == "tiny":  # the committed metrics are the default size's: make a tiny baseline first
@@ -214,6 +214,9 @@ def measure(settings: list[str], pipeline: str, size: str, work: Path) -> dict:
         }
         print(f"\n== {name} {KERNEL_SETS[name] or ''}: {seconds:.0f} s", flush=True)
         print("\n".join(lines), flush=True)
+        if save:  # after each setting: a long run interrupted keeps what it measured (--summarise)
+            save.parent.mkdir(parents=True, exist_ok=True)
+            save.write_text(json.dumps({"pipeline": pipeline, "size": size, "results": results}, indent=1))
     return results
 
 
@@ -295,7 +298,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--all", action="store_true", help="also run the settings that give this CPU the same kernels")
     p.add_argument("--json", help="also write the raw results and spreads to this file")
     p.add_argument("--keep", action="store_true", help="keep the scratch clone (printed)")
+    p.add_argument("--summarise", metavar="JSON", help="only print the summary of an earlier run's --json file")
     args = p.parse_args(argv)
+    if args.summarise:
+        data = json.loads(Path(args.summarise).read_text())
+        summary = summarise(data["results"])
+        report(summary, data.get("skipped", {}))
+        return 0 if all(summary["gate_passed"].values()) else 1
     settings = args.settings.split(",")
     unknown = sorted(set(settings) - set(KERNEL_SETS))
     if unknown:
@@ -308,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     settings, skipped = (settings, {}) if args.all else _distinct(settings)
     work = Path(tempfile.mkdtemp(prefix="deqa-kernels-"))
     try:
-        results = measure(settings, args.pipeline, args.size, work)
+        results = measure(settings, args.pipeline, args.size, work, Path(args.json) if args.json else None)
         summary = summarise(results)
         report(summary, skipped)
         if args.json:
