@@ -110,11 +110,14 @@ def level_weights(m: Any, s: Any, density: str = "pdf") -> np.ndarray:
     return weights.T.reshape(m.shape + (5,))
 
 
-def _level_weights_lm(m: np.ndarray, s: np.ndarray, density: str, out: np.ndarray | None = None) -> np.ndarray:
+def _level_weights_lm(
+    m: np.ndarray, s: np.ndarray, density: str, out: np.ndarray | None = None, work: np.ndarray | None = None
+) -> np.ndarray:
     """Level-major weights, shape (5, N), for 1-D m and s (written into ``out`` if given).
 
     Level-major keeps every numpy operation on long contiguous rows (an (N, 5) layout runs
-    numpy's inner loops 5 elements at a time, several times slower) and works in place.
+    numpy's inner loops 5 elements at a time, several times slower) and works in place
+    (``work``: :func:`deqa.portable.exp_work` scratch of shape (5, 5, N)).
     """
     out = np.empty((5, m.size)) if out is None else out
     inv_s = 1.0 / s
@@ -124,7 +127,7 @@ def _level_weights_lm(m: np.ndarray, s: np.ndarray, density: str, out: np.ndarra
         np.subtract(LEVEL_VALUES[:, None], m, out=out)
         np.multiply(out, out, out=out)
         out *= neg_half_inv_var
-        portable.exp(out, out=out)
+        portable.exp(out, out=out, work=work)
         out *= inv_s / _SQRT_2PI
         return out
     if density == "cdf":
@@ -199,12 +202,12 @@ def gaussian_soft_labels(
     m, s = m.ravel(), s.ravel()
     levels = np.empty((5, m.size))  # level-major; returned as its (N, 5) transpose
     fallback = np.empty(m.size, dtype=bool)
+    work = portable.exp_work((5, min(BLOCK_ROWS, m.size)))  # reused by every block
     with np.errstate(all="ignore"):
         for start in range(0, m.size, BLOCK_ROWS):
             rows = slice(start, start + BLOCK_ROWS)
-            _soft_block(
-                m[rows], s[rows], density, std_min, max_mean_error, renormalise, levels[:, rows], fallback[rows]
-            )
+            block = (m[rows], s[rows], density, std_min, max_mean_error, renormalise, levels[:, rows], fallback[rows])
+            _soft_block(*block, work[..., : len(block[0])])
     return levels.T.reshape(shape + (5,)), fallback.reshape(shape)
 
 
@@ -217,13 +220,14 @@ def _soft_block(
     renormalise: bool,
     q: np.ndarray,
     fallback: np.ndarray,
+    work: np.ndarray | None = None,
 ) -> None:
     """Soft labels of one block of n rows, written into ``q`` (5, n) and ``fallback`` (n,).
 
     Works level-major, in place, on blocks small enough to keep every temporary in the CPU cache.
     """
     usable = np.isfinite(s) & (s > 0) & (s >= std_min)
-    _level_weights_lm(m, np.where(usable, s, 1.0), density, out=q)  # p_k
+    _level_weights_lm(m, np.where(usable, s, 1.0), density, out=q, work=work)  # p_k
     a = _level_sum(q)
     b = _level_sum(q, LEVEL_VALUES)
     alpha = (m - 3.0) / (b - 3.0 * a + ALPHA_EPS)

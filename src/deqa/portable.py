@@ -43,28 +43,33 @@ _ROUND = 1.5 * 2.0**52  # adding it rounds |v| < 2^51 to an integer (the current
 _ROUND_BITS = np.float64(_ROUND).view(np.int64)
 
 
-def exp(x: np.ndarray | float, out: np.ndarray | None = None) -> np.ndarray:
+def exp(x: np.ndarray | float, out: np.ndarray | None = None, work: np.ndarray | None = None) -> np.ndarray:
     """``e**x`` element-wise, the same bits on every CPU (fdlibm's algorithm, error < 1 ulp).
 
     ``inf``, ``-inf`` and NaN give ``inf``, ``0`` and NaN. ``out`` (a float64 array of x's shape,
-    may be ``x`` itself) receives the result.
+    may be ``x`` itself) receives the result. ``work``: scratch space, a float64 array of shape
+    ``(5,) + x.shape`` (:func:`exp_work`), for callers that call this in a loop: fresh temporaries
+    of a large block cost more than the arithmetic (each is new memory to map).
     """
     x = np.asarray(x, dtype=float)
     if x.ndim == 0:
         return exp(x.reshape(1))[0]
+    work = exp_work(x.shape) if work is None else work
+    k, hi, t, c = work[0], work[1], work[2], work[3]
+    k_int = work[4].view(np.int64)
     # beyond these e**x is inf or 0 whatever the rest; NaN passes through every step
     r = np.clip(x, -746.0, 710.0, out=out if out is not None else np.empty_like(x))
-    k = r * _INV_LN2
+    np.multiply(r, _INV_LN2, out=k)
     k += _ROUND  # rounds k to an integer, which the low bits of k's float now hold
     with np.errstate(invalid="ignore"):
-        k_int = k.view(np.int64) - _ROUND_BITS
+        np.subtract(k.view(np.int64), _ROUND_BITS, out=k_int)
     k -= _ROUND
-    hi = k * _LN2_HI
+    np.multiply(k, _LN2_HI, out=hi)
     np.subtract(r, hi, out=hi)  # exact (Cody-Waite)
     lo = np.multiply(k, _LN2_LO, out=k)
     np.subtract(hi, lo, out=r)  # the reduced argument, |r| <= ln2 / 2
-    t = r * r
-    c = t * _P[4]
+    np.multiply(r, r, out=t)
+    np.multiply(t, _P[4], out=c)
     for p in _P[3::-1]:
         c += p
         c *= t
@@ -75,21 +80,27 @@ def exp(x: np.ndarray | float, out: np.ndarray | None = None) -> np.ndarray:
     np.subtract(lo, r, out=r)
     r -= hi
     np.subtract(1.0, r, out=r)  # e**r = 1 - ((lo - r c / (2 - c)) - hi), in [0.7, 1.5)
-    return _scale(r, k_int)
+    return _scale(r, k_int, t.view(np.int64))
 
 
-def _scale(y: np.ndarray, k: np.ndarray) -> np.ndarray:
+def exp_work(shape: tuple[int, ...]) -> np.ndarray:
+    """Scratch space for :func:`exp` on arrays of ``shape``."""
+    return np.empty((5, *shape))
+
+
+def _scale(y: np.ndarray, k: np.ndarray, half: np.ndarray) -> np.ndarray:
     """``y * 2**k`` in place, rounded once (as ``np.ldexp``, which costs as much as ``np.exp``).
 
     The factor is built from its exponent bits; where ``2**k`` is no normal number it is applied
     in two halves, the first exact, so that a subnormal or overflowing result is rounded once.
+    ``half``: int64 scratch of k's shape.
     """
     if k.size and k.min() >= -1022 and k.max() <= 1023:
         k += 1023
         k <<= 52
         y *= k.view(np.float64)
         return y
-    half = k >> 1
+    np.right_shift(k, 1, out=half)
     k -= half
     for part in (half, k):
         np.clip(part, -1022, 1023, out=part)  # NaN's k only: any value keeps NaN
