@@ -1,7 +1,8 @@
 """Stage evaluate: score the held-out splits and extra sets, write predictions, metrics and plots.
 
-Writes ``--out`` (predictions), ``--plots`` (the plot tables of ``dvc plots``), ``--detail`` (every metric; inside ``--out``) and
-``--metrics`` (the headline numbers, a DVC metrics file). ``evaluate.extra`` label files and image
+Writes ``--out`` (predictions), ``--plots`` (the plot tables of ``dvc plots``), ``--detail`` (every
+metric; inside ``--out``) and ``--metrics`` (the headline numbers: a DVC metrics folder, one
+``<split>.<set>.json`` per set). ``evaluate.extra`` label files and image
 folders, the images the label files name and a local base checkpoint must be declared deps of
 this stage in ``dvc.yaml``.
 """
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         out="output folder for predictions",
         plots="output folder for the plot tables (dvc plots)",
         detail="JSON file for every metric",
-        metrics="metrics JSON file for the headline numbers",
+        metrics="metrics folder for the headline numbers (one JSON file per evaluated set)",
     )
     set_threads(params.train.threads)
     cfg = params.evaluate
@@ -48,7 +49,13 @@ def main(argv: list[str] | None = None) -> int:
         }
     )
     from deqa.evaluation import evaluation_frames, predict, quarantine_counts, write_predictions
-    from deqa.metrics import evaluate_predictions, headline_metrics, headline_table, write_plot_tables
+    from deqa.metric_tables import (
+        evaluate_predictions,
+        headline_rows,
+        headline_table,
+        write_headline,
+        write_plot_tables,
+    )
     from deqa.scoring import Scorer
 
     frame = evaluation_frames(cfg, args.labels, params.base.seed, validate=params.validate)
@@ -66,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     write_plot_tables(predictions, args.plots)
     detail = evaluate_predictions(predictions, bootstrap=cfg.bootstrap, seed=params.base.seed)
     write_json(args.detail, detail)
-    headline = headline_metrics(detail)
-    write_json(args.metrics, headline)
+    headline = headline_rows(detail)
+    write_headline(headline, args.metrics)
     print(headline_table(headline))
     q = quarantine_counts(predictions)
     if q["quarantined"]:

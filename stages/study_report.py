@@ -1,14 +1,16 @@
 """Stage study_report: the results table of a study, as DVC metrics and a report.
 
 Reads ``--runs`` (the ``study`` stage's output folder, one subfolder per variant of
-``study.variants``); writes ``--metrics`` (per variant the mean and sd of each metric, a DVC
-metrics file), ``--detail`` (also the paired per-split differences and wins) and ``--out``
+``study.variants``); writes ``--metrics`` (a DVC metrics folder of result rows: per variant the
+mean and the sd of each metric over the splits, and its mean paired difference from ``deqa``),
+``--detail`` (also the paired per-split differences and wins) and ``--out``
 (``study.md`` and ``study.html``).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -22,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
         argv,
         __doc__,
         runs="the study stage's output folder (one subfolder per variant)",
-        metrics="metrics JSON file (per variant: mean and sd)",
+        metrics="metrics folder: one result row per variant and statistic (docs/metrics.md)",
         detail="JSON file with every result (paired differences included)",
         out="report folder",
     )
@@ -36,7 +38,9 @@ def main(argv: list[str] | None = None) -> int:
         runs[name] = json.loads(path.read_text())
     summary = summarise(runs)
     write_json(args.detail, summary)
-    write_json(args.metrics, headline(summary))
+    shutil.rmtree(args.metrics, ignore_errors=True)
+    for name, row in headline(summary).items():
+        write_json(Path(args.metrics) / f"{name}.json", {k: v for k, v in row.items() if v is not None})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     text = results_markdown(summary)

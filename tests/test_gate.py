@@ -10,7 +10,7 @@ import yaml
 
 import tiny_repo
 from deqa.commands import gate as command
-from deqa.gate import GateError, Rule, compare, gate, load_config, pipeline_stages
+from deqa.gate import KERNEL_SETS, GateError, Rule, compare, gate, load_config, pipeline_stages
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = tiny_repo.env()
@@ -104,6 +104,47 @@ def test_exact_stage_fails_on_any_difference_in_metrics_or_outputs(repo):
     assert not ok and "outputs differ from the committed dvc.lock: data/a" in lines[0]
 
 
+def test_an_upstream_difference_fails_the_stage_that_made_it_not_its_readers(repo):
+    ok, lines = _changed(md5=H2)  # a's output (read by b) has other bytes
+    assert not ok and lines[0].startswith("FAIL a") and "(read by b)" in lines[0], lines
+    assert lines[1].startswith("ok   b"), lines  # b ran with the new bytes: checked at a, not blamed on b
+
+
+def test_a_metrics_folder_and_other_committed_json_are_compared_file_by_file(repo):
+    dvc = yaml.safe_load(yaml.safe_dump(DVC_YAML))
+    dvc["stages"]["a"]["outs"].append({"metrics/a-summary.json": {"cache": False}})
+    dvc["stages"]["b"]["metrics"] = [{"metrics/b": {"cache": False}}]
+    rules = [{"keys": "test.*.srcc", "tolerance": 0.01}]
+    _write(repo, "dvc.yaml", dvc)
+    _write(
+        repo,
+        "gate.yaml",
+        {**GATE, "tolerance": {"b": rules}, "quality": {"metric": "metrics/b/test.x.json:srcc", "margin": 0.02}},
+    )
+    (repo / "metrics/b.json").unlink()
+    _write(repo, "metrics/a-summary.json", {"rows": 5})
+    rows = {"test.x.json": {"srcc": 0.8, "n": 10}, "cross.y.json": {"srcc": 0.5, "n": 4}}
+    for name, row in rows.items():
+        _write(repo, f"metrics/b/{name}", row)
+    subprocess.run(["git", "add", "-A"], check=True)
+    subprocess.run(["git", "commit", "-qm", "folder"], check=True, env=ENV)
+    ok, lines = gate()
+    assert ok and "metrics/b/cross.y.json, metrics/b/test.x.json identical" in lines[1], lines
+    _write(repo, "metrics/b/test.x.json", {"srcc": 0.805, "n": 10})
+    ok, lines = gate()
+    assert ok and "within tolerance" in lines[1] and "test.x.srcc" in lines[1], lines
+    _write(repo, "metrics/b/cross.y.json", {"srcc": 0.505, "n": 4})  # no rule for cross.*: equal
+    ok, lines = gate()
+    assert not ok and "metrics/b/cross.y.json" in lines[1] and "cross.y.srcc: 0.5 -> 0.505" in lines[1], lines
+    (repo / "metrics/b/cross.y.json").unlink()
+    _write(repo, "metrics/b/cross.z.json", {"srcc": 0.5})
+    ok, lines = gate()
+    assert not ok and "cross.y.json missing" in lines[1] and "cross.z.json not committed" in lines[1], lines
+    _write(repo, "metrics/a-summary.json", {"rows": 6})  # a cache: false JSON output, not a DVC metric
+    ok, lines = gate()
+    assert not ok and lines[0].startswith("FAIL a") and "rows: 5 -> 6" in lines[0], lines
+
+
 def test_a_stage_run_with_unrecorded_code_or_params_fails(repo):
     _pipeline(repo, code="f" * 32)
     ok, lines = gate()
@@ -172,9 +213,9 @@ def test_the_repository_gate_configs_cover_every_stage():
 
 
 # ---------------------------------------------------------------------------------------------
-# a second kernel set on the tiny pipeline (project issue #11, failure 4)
+# another machine's kernels on the tiny pipeline (project issues #11 and #21)
 # ---------------------------------------------------------------------------------------------
-OTHER_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+OTHER_KERNELS = KERNEL_SETS["sse-machine"]  # torch's, MKL's, oneDNN's, numpy's, OpenBLAS's and libm's
 
 
 def _gate(repo: Path) -> tuple[bool, str]:
@@ -184,18 +225,21 @@ def _gate(repo: Path) -> tuple[bool, str]:
 
 @pytest.mark.slow
 def test_other_cpu_kernels_pass_the_gate_and_a_real_regression_does_not(tmp_path_factory):
+    """Every stage re-run under another machine's kernels: the deterministic ones (soft labels:
+    numpy's SIMD exp, the BLAS's dot products and libm's exp each differ there) give the
+    committed bytes, the trained ones stay within their tolerances."""
     base = tiny_repo.tiny_pipeline(tmp_path_factory.getbasetemp())
     clone = tiny_repo.clone(base, tmp_path_factory.mktemp("kernels") / "repo")
-    tiny_repo.run(
-        [tiny_repo.DVC, "repro", "--force", "--single-item", "base_model", "train", "evaluate"], clone, **OTHER_KERNELS
-    )
+    tiny_repo.run([tiny_repo.DVC, "repro", "--force"], clone, **OTHER_KERNELS)
     committed, rerun = (
         yaml.safe_load(Path(p).read_text())["stages"]["train"]["outs"] for p in (base / "dvc.lock", clone / "dvc.lock")
     )
     assert rerun != committed, "the other kernels trained the same bytes: the test would prove nothing"
     ok, out = _gate(clone)
     assert ok, out
-    assert "ok   prepare      exact" in out and "within tolerance" in out
+    for stage in ("prepare", "validate", "soft_labels", "sensitivity"):
+        assert f"ok   {stage:12s} exact" in out, out
+    assert "within tolerance" in out
     # a real regression, under the default kernels: half the learning rate
     params = yaml.safe_load((clone / "params.yaml").read_text())
     params["train"]["lr"] /= 2

@@ -18,7 +18,9 @@ import pytest
 from scipy import integrate, stats
 
 from deqa import labels as L
+from deqa import portable
 from deqa.config import SoftLabelsConfig
+from deqa.gate import KERNEL_SETS, KERNEL_VARIABLES
 from deqa.schema import LABEL_COLUMNS, MANIFEST_COLUMNS, PROB_COLUMNS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -401,3 +403,86 @@ def test_m_exactly_three_keeps_its_spread():
     assert not fallback.any()
     np.testing.assert_allclose(probs[0], expected, atol=1e-6)
     np.testing.assert_allclose(probs[1], expected, atol=5e-3)  # near-continuous (the spec's 1e-9 eps)
+
+
+# ------------------------------------------------------------------------------------------
+# the same bits on every CPU (project issue 21: the soft_labels stage is byte-exact in gate.yaml)
+# ------------------------------------------------------------------------------------------
+LABELS_DIGEST = """
+import hashlib, json, sys
+import numpy as np, pandas as pd
+from deqa import labels as L
+rng = np.random.default_rng(0)
+n = 20000  # KonIQ-like scores, wide stds: every branch (soft, clipped, both fallbacks)
+manifest = pd.DataFrame({"image": [f"{i}.png" for i in range(n)], "root": "", "split": "train",
+    "dataset": np.where(rng.random(n) < 0.5, "a", "b"), "mos": rng.uniform(1, 100, n),
+    "std": rng.uniform(0.5, 30, n), "lo": 1.0, "hi": 100.0, "n_votes": 10})
+table = L.label_table(manifest).to_csv(index=False)
+metrics = json.dumps(L.dataset_metrics(manifest))
+print(hashlib.md5((table + metrics).encode()).hexdigest())
+"""
+
+
+def _digest(**env: str) -> str:
+    import os
+    import subprocess
+    import sys
+
+    run_env = {k: v for k, v in os.environ.items() if k not in KERNEL_VARIABLES}
+    run_env["PYTHONPATH"] = str(REPO / "src")
+    res = subprocess.run(
+        [sys.executable, "-c", LABELS_DIGEST], env={**run_env, **env}, capture_output=True, text=True, check=True
+    )
+    return res.stdout.strip()
+
+
+def test_soft_labels_are_the_same_bytes_under_other_cpu_kernels():
+    # numpy's exp kernels (AVX-512 vs AVX2 vs baseline), OpenBLAS's dot-product kernels and glibc's
+    # FMA vs SSE2 libm each changed the last bit of some labels before (issue 21)
+    sets = ["numpy-baseline", "openblas-sandybridge", "libm-sse2", "sse-machine"]
+    digests = {name: _digest(**KERNEL_SETS[name]) for name in ["default", *sets]}
+    assert len(set(digests.values())) == 1, digests
+
+
+def test_soft_labels_do_not_depend_on_the_last_bit_of_numpys_exp_and_log(monkeypatch):
+    # a CPU whose exp/log kernels round the other way on every third element (all within 1 ulp)
+    manifest = _tiny_manifest()
+    for m in (3.1, 1.7, 4.9, 2.2):
+        manifest.loc[len(manifest)] = {**manifest.iloc[0].to_dict(), "image": f"x{m}.png", "mos": m, "std": 0.4}
+    before = L.label_table(manifest).to_csv(index=False) + json.dumps(L.dataset_metrics(manifest))
+
+    def other_cpu(func):
+        def wrapped(x, *args, **kwargs):
+            out = func(x, *args, **kwargs)
+            flat = np.asarray(out).reshape(-1)
+            flat[::3] = np.nextafter(flat[::3], np.inf)
+            return out
+
+        return wrapped
+
+    monkeypatch.setattr(np, "exp", other_cpu(np.exp))
+    monkeypatch.setattr(np, "log", other_cpu(np.log))
+    assert L.label_table(manifest).to_csv(index=False) + json.dumps(L.dataset_metrics(manifest)) == before
+
+
+def test_portable_exp_and_log_are_within_one_ulp_of_the_exact_values():
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.prec = 100
+    rng = np.random.default_rng(1)
+    x = np.concatenate(
+        [rng.uniform(-745, 709, 400), rng.uniform(-20, 0, 400), rng.uniform(-1e-6, 1e-6, 50), [0.0, 1.0]]
+    )
+    exact = np.array([float(mpmath.exp(mpmath.mpf(float(v)))) for v in x])
+    ulps = np.abs(portable.exp(x) - exact) / np.spacing(exact)
+    assert ulps.max() <= 1.0
+    y = np.concatenate([np.exp(rng.uniform(-700, 700, 400)), rng.uniform(0.5, 2.0, 400), [1.0, 2.0, 1e-310]])
+    exact = np.array([float(mpmath.log(mpmath.mpf(float(v)))) for v in y])
+    ulps = np.abs(portable.log(y) - exact) / np.maximum(np.spacing(np.abs(exact)), np.spacing(1e-300))
+    assert ulps.max() <= 1.0
+    with np.errstate(over="ignore"):
+        specials = np.array([np.inf, -np.inf, np.nan, 710.0, -746.0, 709.78, -745.1])
+        np.testing.assert_array_equal(portable.exp(specials), np.exp(specials))
+    np.testing.assert_array_equal(
+        portable.log(np.array([0.0, -1.0, np.inf, np.nan])), [-np.inf, np.nan, np.inf, np.nan]
+    )
+    assert portable.exp(0.5) == pytest.approx(math.exp(0.5), rel=2e-16) and portable.log(2.0) == math.log(2.0)

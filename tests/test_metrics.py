@@ -1,4 +1,5 @@
-"""Tests of deqa.metrics against scipy references and hand-computed cases."""
+"""Tests of deqa.metrics (pure metrics) and deqa.metric_tables (the evaluate stage's tables)
+against scipy references and hand-computed cases."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from deqa import metrics
+from deqa import metric_tables, metrics
 from deqa.schema import PREDICTION_COLUMNS, PROB_COLUMNS
 
 
@@ -248,7 +249,7 @@ def make_predictions(n_per=40, seed=0, datasets=("alpha", "beta"), splits=("val"
 
 def test_evaluate_predictions_structure_and_values():
     df = make_predictions()
-    out = metrics.evaluate_predictions(df, bootstrap=100, seed=0)
+    out = metric_tables.evaluate_predictions(df, bootstrap=100, seed=0)
     assert list(out) == ["test", "val"]
     assert list(out["test"]) == ["overall", "alpha", "beta"]
     json.dumps(out, allow_nan=False)  # JSON-ready, no NaN
@@ -276,13 +277,13 @@ def test_evaluate_predictions_structure_and_values():
         stats.spearmanr(overall.pred_mean, overall.m).statistic, abs=1e-6
     )
     # seeded: the same call gives the same intervals
-    assert metrics.evaluate_predictions(df, bootstrap=100, seed=0) == out
+    assert metric_tables.evaluate_predictions(df, bootstrap=100, seed=0) == out
 
 
 def test_evaluate_predictions_constant_predictions_give_nulls_not_nan():
     df = make_predictions(n_per=10, datasets=("alpha",), splits=("test",))
     df["pred_mean"] = 3.0
-    out = metrics.evaluate_predictions(df, bootstrap=50)
+    out = metric_tables.evaluate_predictions(df, bootstrap=50)
     group = out["test"]["alpha"]
     assert group["srcc"] is None and group["plcc"] is None and group["srcc_lo"] is None
     assert group["logistic_ok"] is False
@@ -293,32 +294,32 @@ def test_evaluate_predictions_constant_predictions_give_nulls_not_nan():
 def test_evaluate_predictions_rejects_bad_frames():
     df = make_predictions(n_per=5)
     with pytest.raises(ValueError, match="pred_std"):
-        metrics.evaluate_predictions(df.drop(columns=["pred_std"]))
+        metric_tables.evaluate_predictions(df.drop(columns=["pred_std"]))
     df["dataset"] = "overall"
     with pytest.raises(ValueError, match="overall"):
-        metrics.evaluate_predictions(df)
+        metric_tables.evaluate_predictions(df)
 
 
 def test_plot_tables(tmp_path):
     df = make_predictions(n_per=20)
-    tables = metrics.plot_tables(df)
+    tables = metric_tables.plot_tables(df)
     assert sorted(tables) == ["confusion", "scatter/alpha", "scatter/beta"]
     alpha, confusion = tables["scatter/alpha"], tables["confusion"]
     assert set(alpha.split) == {"test"} and set(alpha.dataset) == {"alpha"}  # test split by default
     assert len(alpha) == 20 and len(confusion) == 40
     assert {"dataset", "m", "mos", "pred_mean"} <= set(alpha.columns)
     assert list(confusion.columns) == ["dataset", "split", "actual", "predicted"]
-    assert set(confusion.actual) <= set(metrics.LEVEL_NAMES)
+    assert set(confusion.actual) <= set(metric_tables.LEVEL_NAMES)
     row = alpha.iloc[0]
     match = confusion.iloc[0]  # both sorted by dataset, image
-    assert match.actual == metrics.LEVEL_NAMES[metrics.score_to_level(row.m) - 1]
-    assert match.predicted == metrics.LEVEL_NAMES[metrics.score_to_level(row.pred_mean) - 1]
-    assert len(metrics.plot_tables(df, split=None)["confusion"]) == 80
-    assert set(metrics.plot_tables(df, split="val")["scatter/beta"].split) == {"val"}
+    assert match.actual == metric_tables.LEVEL_NAMES[metrics.score_to_level(row.m) - 1]
+    assert match.predicted == metric_tables.LEVEL_NAMES[metrics.score_to_level(row.pred_mean) - 1]
+    assert len(metric_tables.plot_tables(df, split=None)["confusion"]) == 80
+    assert set(metric_tables.plot_tables(df, split="val")["scatter/beta"].split) == {"val"}
     with pytest.raises(ValueError, match="no predictions"):
-        metrics.plot_tables(df, split="train")
+        metric_tables.plot_tables(df, split="train")
     df.loc[df.dataset == "beta", "dataset"] = "LIVE C/wild"
-    paths = metrics.write_plot_tables(df, tmp_path / "plots")
+    paths = metric_tables.write_plot_tables(df, tmp_path / "plots")
     names = sorted(p.relative_to(tmp_path / "plots").as_posix() for p in paths)
     assert names == ["confusion.csv", "scatter/LIVE_C_wild.csv", "scatter/alpha.csv"]
     assert len(pd.read_csv(tmp_path / "plots/scatter/LIVE_C_wild.csv")) == 20
@@ -401,7 +402,7 @@ def test_severity_monotonicity_edge_cases():
 
 
 def test_provenance_breakdown_hand_case():
-    out = metrics.provenance_breakdown(provenance_frame(MONOTONICITY_ROWS))
+    out = metric_tables.provenance_breakdown(provenance_frame(MONOTONICITY_ROWS))
     blur = out["by_distortion"]["blur"]  # m = 4, 3, 3.5, 2.5; mu = 3.5, 3, 2.5, 2
     assert blur["n"] == 4
     assert blur["mean_m"] == pytest.approx(3.25) and blur["mean_pred"] == pytest.approx(2.75)
@@ -411,22 +412,22 @@ def test_provenance_breakdown_hand_case():
     pristine = out["by_severity"]["0"]  # m 4.5, 4.0; mu 4.0, 3.0
     assert pristine["n"] == 2 and pristine["bias"] == pytest.approx(-0.75)
     assert out["by_distortion_severity"]["noise"]["2"]["mean_pred"] == pytest.approx(4.05)
-    assert metrics.provenance_breakdown(make_predictions(n_per=5)) == {}
+    assert metric_tables.provenance_breakdown(make_predictions(n_per=5)) == {}
 
 
 def test_evaluate_predictions_overall_only_with_several_datasets_and_breakdowns():
     single = provenance_frame(MONOTONICITY_ROWS)
-    out = metrics.evaluate_predictions(single, bootstrap=0)
+    out = metric_tables.evaluate_predictions(single, bootstrap=0)
     assert list(out["test"]) == ["synthetic"]  # no 'overall' repeating the one dataset
     group = out["test"]["synthetic"]
     assert group["monotonicity"]["mean"] == pytest.approx(0.125)
     assert set(group["by_distortion"]) == {"blur", "noise", "pristine"}
-    two = metrics.evaluate_predictions(make_predictions(n_per=10), bootstrap=0)
+    two = metric_tables.evaluate_predictions(make_predictions(n_per=10), bootstrap=0)
     assert list(two["test"]) == ["overall", "alpha", "beta"]
     assert "monotonicity" not in two["test"]["alpha"] and "by_distortion" not in two["test"]["alpha"]
 
 
-def test_headline_metrics_keeps_the_few_readable_numbers():
+def test_headline_rows_keep_the_few_readable_numbers_one_flat_row_per_set(tmp_path):
     detail = {
         "test": {
             "synthetic": {
@@ -445,18 +446,37 @@ def test_headline_metrics_keeps_the_few_readable_numbers():
         },
         "cross": {"livec": {"n": 5, "srcc": 0.3, "plcc": 0.31, "krcc": 0.2, "rmse": 0.9, "std_srcc": -0.01, "kl": 0.8}},
     }
-    assert metrics.headline_metrics(detail) == {
-        "test": {
-            "synthetic": {"srcc": 0.8123, "plcc": 0.8, "krcc": 0.6, "rmse": 0.4568, "kl": 0.25, "monotonicity": 0.9667}
+    rows = metric_tables.headline_rows(detail)
+    assert rows == {
+        "test.synthetic": {
+            "n": 10,
+            "srcc": 0.8123,
+            "plcc": 0.8,
+            "krcc": 0.6,
+            "rmse": 0.4568,
+            "kl": 0.25,
+            "monotonicity": 0.9667,
         },
-        "cross": {"livec": {"srcc": 0.3, "plcc": 0.31, "krcc": 0.2, "rmse": 0.9, "std_srcc": -0.01, "kl": 0.8}},
+        "cross.livec": {"n": 5, "srcc": 0.3, "plcc": 0.31, "krcc": 0.2, "rmse": 0.9, "std_srcc": -0.01, "kl": 0.8},
     }
+    # one vocabulary for every row (docs/metrics.md): the keys dvc metrics show prints as columns
+    assert set().union(*rows.values()) <= set(metric_tables.RESULT_KEYS)
     # the validation split picks the checkpoint: left out, unless it is all there is
     with_val = {**detail, "val": {"synthetic": {"n": 4, "srcc": 0.5}}}
-    assert "val" not in metrics.headline_metrics(with_val)
-    assert metrics.headline_metrics({"val": with_val["val"]}) == {"val": {"synthetic": {"srcc": 0.5}}}
-    assert metrics.headline_metrics(with_val, leave_out=())["val"] == {"synthetic": {"srcc": 0.5}}
-    table = metrics.headline_table(metrics.headline_metrics(detail)).splitlines()
-    assert table[0].split() == ["set", "srcc", "plcc", "krcc", "rmse", "std_srcc", "kl", "monotonicity"]
-    assert table[1].split() == ["test/synthetic", "0.8123", "0.8000", "0.6000", "0.4568", "-", "0.2500", "0.9667"]
+    assert "val.synthetic" not in metric_tables.headline_rows(with_val)
+    assert metric_tables.headline_rows({"val": with_val["val"]}) == {"val.synthetic": {"n": 4, "srcc": 0.5}}
+    assert metric_tables.headline_rows(with_val, leave_out=())["val.synthetic"] == {"n": 4, "srcc": 0.5}
+    table = metric_tables.headline_table(rows).splitlines()
+    assert table[0].split() == ["set", "n", "srcc", "plcc", "krcc", "rmse", "std_srcc", "kl", "monotonicity"]
+    assert table[1].split() == ["test.synthetic", "10", "0.8123", "0.8000", "0.6000", "0.4568", "-", "0.2500", "0.9667"]
     assert table[2].split()[-1] == "-"
+    # one file per set; a set no longer evaluated leaves no file behind
+    folder = tmp_path / "metrics" / "evaluate"
+    folder.mkdir(parents=True)
+    (folder / "test.gone.json").write_text("{}")
+    paths = metric_tables.write_headline(rows, folder)
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == ["cross.livec.json", "test.synthetic.json"] == sorted(p.name for p in paths)
+    assert json.loads((folder / "test.synthetic.json").read_text()) == rows["test.synthetic"]
+    with pytest.raises(ValueError, match="not a file name"):
+        metric_tables.write_headline({"../x": {"n": 1}}, folder)

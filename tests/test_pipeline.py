@@ -16,6 +16,7 @@ import yaml
 from scipy.stats import kendalltau, spearmanr
 
 import tiny_repo
+from deqa.metric_tables import RESULT_KEYS
 from tiny_repo import DVC, clone, run
 
 pytestmark = pytest.mark.slow
@@ -49,12 +50,17 @@ def test_repro_produces_every_output(repo):
         "dvclive/train/metrics.json",
     ):
         assert (repo / path).exists(), path
-    metrics = json.loads(run([DVC, "metrics", "show", "--json"], repo).stdout)
-    text = json.dumps(metrics)
-    for key in ("srcc", "plcc", "mean_error", "fallbacks", "kept"):
-        assert f'"{key}"' in text, key
+    # DVC's metrics are the result rows, one file per evaluated set with the shared keys
+    # (docs/metrics.md); the stage summaries are committed files a target shows
+    shown = json.loads(run([DVC, "metrics", "show", "--json"], repo).stdout)
+    files = {Path(k).as_posix(): v["data"] for k, v in next(iter(shown.values()))["data"].items()}
+    assert set(files) == {"metrics/evaluate/test.synthetic.json", "metrics/evaluate/cross.sensitivity.json"}, files
+    assert set().union(*files.values()) <= set(RESULT_KEYS) and "srcc" in files["metrics/evaluate/test.synthetic.json"]
+    summaries = run([DVC, "metrics", "show", "--json", "metrics/discretisation.json", "metrics/validate.json"], repo)
+    for key in ("mean_error", "fallbacks", "kept"):
+        assert f'"{key}"' in summaries.stdout, key
     # the headline numbers are those of the predictions written, on every test image
-    ev = json.loads((repo / "metrics/evaluate.json").read_text())["test"]["synthetic"]
+    ev = json.loads((repo / "metrics/evaluate/test.synthetic.json").read_text())
     pred = pd.read_csv(repo / "data/evaluate/predictions.csv")
     test = pred[(pred["split"] == "test") & (pred["dataset"] == "synthetic")]
     assert len(test) == len(pd.read_csv(repo / "data/soft_labels/test.csv")) > 0
@@ -109,7 +115,7 @@ def test_experiments_use_the_run_cache_and_compare_training_curves(work):
     # experiments (DVC resolves every dvc.yaml's plot definitions on each `dvc exp run`)
     _add_unrun_pipeline(work)
     before = json.loads((work / "metrics/discretisation.json").read_text())
-    committed = (work / "metrics/evaluate.json").read_text()
+    committed = (work / "metrics/evaluate/test.synthetic.json").read_text()
     run([DVC, "exp", "run", "--name", "qalign", "-S", "soft_labels.kind=onehot", "-S", "loss.fidelity_weight=0"], work)
     after = json.loads((work / "metrics/discretisation.json").read_text())
     b, a = before["synthetic"], after["synthetic"]
@@ -127,7 +133,7 @@ def test_experiments_use_the_run_cache_and_compare_training_curves(work):
     out = run([DVC, "exp", "run", "-S", "soft_labels.kind=soft", "-S", "loss.fidelity_weight=1.0"], work).stdout
     for stage in ("soft_labels", "train", "evaluate"):
         assert f"Stage '{stage}' is cached - skipping run, checking out outputs" in out, out
-    assert (work / "metrics/evaluate.json").read_text() == committed
+    assert (work / "metrics/evaluate/test.synthetic.json").read_text() == committed
 
 
 def _external_set(folder: Path, repo: Path) -> Path:
@@ -187,7 +193,7 @@ def test_temporary_experiments_keep_or_refuse_an_external_set_never_drop_it(work
     _use_external_set(work, str(ext / "labels.csv"), str(ext), declare=str(ext))
     run([DVC, "exp", "run", "--temp", "--name", "absolute"], work)
     shown = json.loads(run([DVC, "exp", "show", "--json"], work).stdout)
-    assert '"cross"' in json.dumps(shown) and '"ext"' in json.dumps(shown)
+    assert '"metrics/evaluate/cross.ext.json"' in json.dumps(shown)  # the extra set's headline row
     # a relative path outside the repository does not reach it: DVC fails on the missing dep
     _use_external_set(work, "../ext/labels.csv", "../ext", declare="../ext")
     res = run([DVC, "exp", "run", "--temp"], work, check=False)

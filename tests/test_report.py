@@ -20,7 +20,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from deqa import metrics, report
+from deqa import metric_tables, report
 from deqa.config import Params, to_dict
 from deqa.labels import make_labels, onehot_labels
 from deqa.report import browser, context, experiments, inputs, provenance
@@ -168,10 +168,9 @@ def outputs(tmp_path: Path) -> Path:
     df = df[[*PREDICTION_COLUMNS, "content", "distortion", "severity"]]
     (tmp_path / "data/evaluate").mkdir(parents=True)
     df.to_csv(tmp_path / "data/evaluate/predictions.csv", index=False)
-    detail = metrics.evaluate_predictions(df, bootstrap=50)
+    detail = metric_tables.evaluate_predictions(df, bootstrap=50)
     (tmp_path / "data/evaluate/metrics.json").write_text(json.dumps(detail))
-    (tmp_path / "metrics").mkdir()
-    (tmp_path / "metrics/evaluate.json").write_text(json.dumps(metrics.headline_metrics(detail)))
+    metric_tables.write_headline(metric_tables.headline_rows(detail), tmp_path / "metrics/evaluate")
     _write_stage_metrics(tmp_path)
     _write_label_files(tmp_path, df, "soft")
     manifest = df[["image", "root", "dataset", "split", "mos", "std"]]
@@ -324,7 +323,7 @@ def test_html_is_escaped(outputs):
     df = pd.read_csv(outputs / "data/evaluate/predictions.csv")
     df.loc[df["dataset"] == "livec", "dataset"] = "<b>evil</b>"
     df.to_csv(outputs / "data/evaluate/predictions.csv", index=False)
-    detail = metrics.evaluate_predictions(df, bootstrap=0)
+    detail = metric_tables.evaluate_predictions(df, bootstrap=0)
     (outputs / "data/evaluate/metrics.json").write_text(json.dumps(detail))
     page, _ = _build(outputs)
     assert "<b>evil</b>" not in page and "cross/&lt;b&gt;evil&lt;/b&gt;" in page
@@ -346,9 +345,11 @@ def test_experiment_table_from_exp_show_records():
             "typ": kind,
             "train.lr": lr,
             "base.seed": 0,
-            "metrics/evaluate.json:test.synthetic.srcc": srcc,
-            "test.synthetic.rmse": rmse,
-            "cross.livec.srcc": 0.3,
+            "metrics/evaluate/test.synthetic.json:srcc": srcc,
+            "metrics/evaluate/test.synthetic.json:rmse": rmse,
+            "metrics/evaluate/cross.livec.json:srcc": 0.3,
+            "metrics/evaluate/cross.livec.json:n": 40,  # a count, not a compared metric
+            "real/metrics/evaluate/test.biq2021.json:srcc": 0.7,  # another pipeline's row
             "steps": 10,
             "src/deqa/metrics.py": "abc123",
         }
@@ -359,8 +360,8 @@ def test_experiment_table_from_exp_show_records():
         record("hot-lr", "1234567890abcdef", "branch_commit", 0.01, 0.70, 0.4),
     ]
     for rec in records:  # exp_show spells a value a run lacks as the string "None"
-        rec["test.overall.srcc"] = "None"
-    records[2]["cross.livec.srcc"] = "None"
+        rec["metrics/evaluate/test.overall.json:srcc"] = "None"
+    records[2]["metrics/evaluate/cross.livec.json:srcc"] = "None"
     table = experiments.experiment_table(records, sections=("base", "train"))
     assert table.names == ["workspace", "abcdef0123456789", "hot-lr"]
     assert table.revs == ["workspace", "abcdef0", "1234567"]
@@ -379,10 +380,12 @@ def test_experiments_page_from_a_real_dvc_repo(tmp_path, monkeypatch):
     repo = tmp_path / "repo"
     (repo / "metrics").mkdir(parents=True)
     (repo / "params.yaml").write_text("train:\n  lr: 0.001\nbase:\n  seed: 0\n")
-    (repo / "metrics/evaluate.json").write_text(json.dumps({"test": {"synthetic": {"srcc": 0.8, "rmse": 0.5}}}))
+    (repo / "metrics/evaluate").mkdir()
+    (repo / "metrics/evaluate/test.synthetic.json").write_text(json.dumps({"srcc": 0.8, "rmse": 0.5}))
+    (repo / "metrics/evaluate/cross.livec.json").write_text(json.dumps({"srcc": 0.3}))
     (repo / "dvc.yaml").write_text(
         "stages:\n  evaluate:\n    cmd: 'true'\n    params: [train.lr]\n"
-        "    metrics:\n      - metrics/evaluate.json:\n          cache: false\n"
+        "    metrics:\n      - metrics/evaluate:\n          cache: false\n"
     )
     env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
     for name, value in env.items():

@@ -71,8 +71,10 @@ def test_summary_means_sds_paired_differences_and_wins():
     assert (pair["plcc"]["wins_a"], pair["plcc"]["wins_b"]) == (0, 0)  # ties win nothing
     # entropy: closer to the raters' (1.0) wins: 1.1 beats 0.5 twice, 1.2 loses to 1.1 once
     assert (pair["entropy"]["wins_a"], pair["entropy"]["wins_b"]) == (3, 0)
-    flat = headline(s)
-    assert flat["a"]["srcc"] == 0.8 and flat["a"]["srcc_sd"] == 0.1 and set(flat) == {"a", "b"}
+    rows = headline(s, reference="a")
+    assert set(rows) == {"a.mean", "a.sd", "b.mean", "b.sd", "b-a.diff"}
+    assert rows["a.mean"]["srcc"] == 0.8 and rows["a.sd"]["srcc"] == 0.1 and rows["a.mean"]["n"] == 3
+    assert rows["b-a.diff"]["srcc"] == pytest.approx(-0.05)  # b - a: the sign of the reference's difference flips
     text = results_markdown(s)
     assert "| a | 0.8000 ± 0.1000 |" in text and "| a − b | +0.0500 ±" in text
     assert "<table>" in results_html(s) and "<script" not in results_html(s)
@@ -134,11 +136,16 @@ def test_no_livec_photo_is_among_the_real_training_photos():
 
 
 def test_the_committed_study_metrics_hold_every_variant():
-    metrics = ROOT / "studies" / "livec" / "metrics" / "study.json"
-    if not metrics.exists():
+    folder = ROOT / "studies" / "livec" / "metrics" / "summary"
+    if not folder.is_dir():
         pytest.skip("the study has not been run and committed yet")
-    data = json.loads(metrics.read_text())
-    params = load_params(ROOT / "studies" / "livec" / "params.yaml")
-    assert set(data) == set(params.study.variants)
-    for table in data.values():
-        assert {"srcc", "srcc_sd", "std_srcc", "kl", "js", "w2", "entropy"} <= set(table)
+    from deqa.metric_tables import RESULT_KEYS
+
+    rows = {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json")}
+    variants = list(load_params(ROOT / "studies" / "livec" / "params.yaml").study.variants)
+    want = {f"{v}.{stat}" for v in variants for stat in ("mean", "sd")} | {
+        f"{v}-deqa.diff" for v in variants if v != "deqa"
+    }
+    assert set(rows) == want
+    for row in rows.values():
+        assert {"n", "srcc", "plcc", "std_srcc", "kl", "js", "w2", "entropy"} <= set(row) <= set(RESULT_KEYS)

@@ -71,10 +71,10 @@ def study(tmp_path_factory):
 
 
 def test_the_study_writes_one_table_of_every_variant(study):
-    metrics = json.loads((study / "metrics/study.json").read_text())
-    assert set(metrics) == {"deqa", "qalign"}
-    for table in metrics.values():
-        assert {"srcc", "srcc_sd", "plcc", "std_srcc", "kl", "js", "w2", "entropy"} <= set(table)
+    rows = {p.stem: json.loads(p.read_text()) for p in (study / "metrics/summary").glob("*.json")}
+    assert set(rows) == {"deqa.mean", "deqa.sd", "qalign.mean", "qalign.sd", "qalign-deqa.diff"}
+    for row in rows.values():
+        assert {"n", "srcc", "plcc", "std_srcc", "kl", "js", "w2", "entropy"} <= set(row) and row["n"] == 2
     detail = json.loads((study / "data/study_report/study.json").read_text())
     assert detail["splits"] == 2 and set(detail["pairs"]) == {"deqa-qalign"}
     runs = {v: json.loads((study / f"data/study/{v}/splits.json").read_text()) for v in ("deqa", "qalign")}

@@ -43,7 +43,7 @@ def export(
     model_dir: str | Path,
     output: str | Path,
     base: str | Path | None = None,
-    metrics_file: str | Path | None = "metrics/evaluate.json",
+    metrics_file: str | Path | None = "data/evaluate/metrics.json",
     overwrite: bool = False,
     dtype: str = "auto",
     device: str = "auto",

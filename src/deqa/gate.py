@@ -1,26 +1,31 @@
 """``deqa gate``: does a fresh pipeline run reproduce the committed one, on this CPU, and not regress?
 
 Every stage must have run with exactly the inputs the committed ``dvc.lock`` records (command,
-params values, hashes of the code and data it depends on; deps that are outputs of a
-``tolerance`` stage aside), so code or data changed without a new ``dvc.lock`` fails on any CPU.
-What else "reproducible" means, stage by stage, is data: the ``gate.yaml`` beside the pipeline's
+params values, hashes of the code and data it depends on), so code or data changed without a new
+``dvc.lock`` fails on any CPU. Deps that another stage of the pipeline writes are checked at that
+stage (by hash if it is ``exact``, not at all if it is ``tolerance``), so one upstream difference
+fails one stage, the one that made it, and is not blamed on every stage downstream. What else
+"reproducible" means, stage by stage, is data: the ``gate.yaml`` beside the pipeline's
 ``dvc.yaml`` (:func:`load_config`) lists
 
-- ``exact``: the deterministic stages (``prepare``, ``validate``, ``soft_labels``): their metrics
-  files must equal the committed ones number for number and their outputs must have the committed
-  hashes (``dvc.lock``), byte for byte, on any machine;
+- ``exact``: the deterministic stages (``prepare``, ``validate``, ``soft_labels``,
+  ``sensitivity``): their JSON files must equal the committed ones number for number and their
+  outputs must have the committed hashes (``dvc.lock``), byte for byte, on any machine;
 - ``tolerance``: the stages whose numbers come from float kernels (``base_model``, ``train``,
   ``evaluate``): another CPU takes other SIMD/BLAS kernels, which round differently, so each
-  metric may move by at most its tolerance; ``keys`` are ``fnmatch`` patterns over the dotted key
-  path (list items by index: ``test.overall.confusion.2.3``), the first match wins and an
-  unmatched key must be equal. The tolerances are measured with ``bench/bench_kernels.py``;
+  number may move by at most its tolerance; ``keys`` are ``fnmatch`` patterns over the dotted key
+  path (list items by index: ``test.overall.confusion.2.3``; a file inside a metrics folder adds
+  its name: ``metrics/evaluate/test.synthetic.json`` gives ``test.synthetic.srcc``), the first
+  match wins and an unmatched key must be equal. The tolerances are measured with
+  ``bench/bench_kernels.py`` under the :data:`KERNEL_SETS`;
 - ``quality``: a metric (``FILE:KEY``) that must not fall below the committed value minus
   ``margin``.
 
-Every stage of the ``dvc.yaml`` must appear under ``exact`` or ``tolerance``, so a new stage
-cannot slip past the gate. The committed state is read with ``git show <baseline>:<path>``.
-:func:`gate` runs the checks and returns ``(passed, report lines)``; the command line is
-:mod:`deqa.commands.gate`.
+A stage's JSON files are its DVC metrics (files or folders) and its other ``cache: false`` JSON
+outputs: the files git holds (``docs/metrics.md``). Every stage of the ``dvc.yaml`` must appear
+under ``exact`` or ``tolerance``, so a new stage cannot slip past the gate. The committed state is
+read with ``git show <baseline>:<path>``. :func:`gate` runs the checks and returns ``(passed,
+report lines)``; the command line is :mod:`deqa.commands.gate`.
 """
 
 from __future__ import annotations
@@ -37,6 +42,45 @@ from typing import Any
 import yaml
 
 CONFIG_NAME = "gate.yaml"
+
+_NUMPY_AVX512 = "X86_V4 AVX512_ICL AVX512_SPR"
+KERNEL_SETS: dict[str, dict[str, str]] = {
+    "default": {},
+    # numpy's own SIMD kernels (numpy.show_runtime(), simd_extensions): an AVX-512 machine takes
+    # the AVX2 ones (project issue 21), any machine the SSE4.2 baseline
+    "numpy-avx2": {"NPY_DISABLE_CPU_FEATURES": _NUMPY_AVX512},
+    "numpy-baseline": {"NPY_DISABLE_CPU_FEATURES": f"X86_V3 {_NUMPY_AVX512}"},
+    # the OpenBLAS of numpy and scipy picks its kernels by CPU model
+    "openblas-sandybridge": {"OPENBLAS_CORETYPE": "Sandybridge"},
+    # glibc's libm (exp, log, sin...) has FMA/AVX2 and SSE2 variants that differ in the last bit
+    "libm-sse2": {"GLIBC_TUNABLES": "glibc.cpu.hwcaps=-AVX2,-FMA,-AVX"},
+    # torch: its own kernels, MKL's BLAS, oneDNN
+    "aten-avx2": {"ATEN_CPU_CAPABILITY": "avx2"},
+    "aten-default": {"ATEN_CPU_CAPABILITY": "default"},
+    "mkl-compatible": {"MKL_CBWR": "COMPATIBLE"},
+    "onednn-avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2"},
+    # another machine, everything at once: an AVX2 one (as issue 21's), an old SSE4.2 one
+    "avx2-machine": {
+        "ATEN_CPU_CAPABILITY": "avx2",
+        "MKL_CBWR": "COMPATIBLE",
+        "ONEDNN_MAX_CPU_ISA": "AVX2",
+        "NPY_DISABLE_CPU_FEATURES": _NUMPY_AVX512,
+        "OPENBLAS_CORETYPE": "Haswell",
+    },
+    "sse-machine": {
+        "ATEN_CPU_CAPABILITY": "default",
+        "MKL_CBWR": "COMPATIBLE",
+        "ONEDNN_MAX_CPU_ISA": "SSE41",
+        "NPY_DISABLE_CPU_FEATURES": f"X86_V3 {_NUMPY_AVX512}",
+        "OPENBLAS_CORETYPE": "Nehalem",
+        "GLIBC_TUNABLES": "glibc.cpu.hwcaps=-AVX2,-FMA,-AVX",
+    },
+}
+"""Environment settings that make one x86-64 machine take the kernels another CPU would take
+(torch's, MKL's, oneDNN's, numpy's, OpenBLAS's and the C library's), for ``bench/bench_kernels.py``
+and the kernel-set test. A setting the CPU cannot lower (AVX-512 off on a machine without it) is
+the default again."""
+KERNEL_VARIABLES = tuple(sorted({k for env in KERNEL_SETS.values() for k in env}))
 
 
 class GateError(ValueError):
@@ -90,7 +134,10 @@ def load_config(path: str | Path) -> GateConfig:
 # the pipeline and its committed state
 # --------------------------------------------------------------------------------------------
 def pipeline_stages(dvcfile: str | Path) -> dict[str, list[Path]]:
-    """Stage name -> its metrics files (absolute paths), for the stages of one ``dvc.yaml``."""
+    """Stage name -> its JSON files (absolute paths of files or folders), for one ``dvc.yaml``.
+
+    The files git holds: its DVC metrics and its other ``cache: false`` outputs ending in ``.json``.
+    """
     from dvc.repo import Repo
 
     dvcfile = Path(dvcfile).resolve()
@@ -98,7 +145,14 @@ def pipeline_stages(dvcfile: str | Path) -> dict[str, list[Path]]:
         raise GateError(f"{dvcfile}: no such dvc.yaml")
     with Repo(str(dvcfile.parent)) as repo:
         stages = [s for s in repo.index.stages if Path(s.path).resolve() == dvcfile]
-        return {s.name: [Path(o.fs_path).resolve() for o in s.outs if o.metric] for s in stages}
+        return {
+            s.name: [
+                Path(o.fs_path).resolve()
+                for o in s.outs
+                if o.metric or (not o.use_cache and str(o.fs_path).endswith(".json"))
+            ]
+            for s in stages
+        }
 
 
 def git_root(path: Path) -> Path:
@@ -121,6 +175,28 @@ def committed_json(path: Path, rev: str) -> Any:
     return json.loads(text) if text is not None else None
 
 
+def committed_files(folder: Path, rev: str) -> list[str]:
+    """The files under ``folder`` at git revision ``rev``, relative to it (sorted; [] if none)."""
+    root = git_root(folder if folder.exists() else Path.cwd())
+    rel = Path(os.path.relpath(folder.resolve(), root)).as_posix()
+    res = subprocess.run(
+        ["git", "ls-tree", "-r", "--name-only", rev, "--", f"{rel}/"], cwd=root, capture_output=True, text=True
+    )
+    return (
+        sorted(Path(line).relative_to(rel).as_posix() for line in res.stdout.splitlines()) if not res.returncode else []
+    )
+
+
+def json_members(path: Path, rev: str) -> list[tuple[str, Path]]:
+    """``(key prefix, file)`` for a JSON file (prefix ``""``) or each ``.json`` of a metrics folder,
+    in the working tree or at ``rev`` (prefix: its relative path without ``.json``, ``/`` -> ``.``)."""
+    if path.suffix == ".json" and not path.is_dir():
+        return [("", path)]
+    here = {f.relative_to(path).as_posix() for f in path.rglob("*.json")} if path.is_dir() else set()
+    names = sorted(here | {f for f in committed_files(path, rev) if f.endswith(".json")})
+    return [(name[: -len(".json")].replace("/", ".") + ".", path / name) for name in names]
+
+
 def _lock_entry(lock: dict | None, stage: str) -> dict:
     return ((lock or {}).get("stages") or {}).get(stage) or {}
 
@@ -130,10 +206,11 @@ def lock_outputs(lock: dict | None, stage: str) -> dict[str, str]:
     return {o["path"]: o.get("md5", "") for o in _lock_entry(lock, stage).get("outs", [])}
 
 
-def changed_inputs(committed: dict | None, current: dict | None, stage: str, float_outputs: set[str]) -> list[str]:
+def changed_inputs(committed: dict | None, current: dict | None, stage: str, made_here: set[str]) -> list[str]:
     """What a stage ran with that the committed ``dvc.lock`` does not record: its command, a
-    params value, or a dep's hash. Deps inside ``float_outputs`` (outputs of ``tolerance`` stages,
-    which legitimately differ across CPUs) are left out."""
+    params value, or a dep's hash. Deps inside ``made_here`` are left out: the outputs of the
+    pipeline's other stages, checked where they are made (those of ``tolerance`` stages
+    legitimately differ across CPUs, those of ``exact`` stages fail their own stage)."""
     old, new = _lock_entry(committed, stage), _lock_entry(current, stage)
     out = ["cmd"] if old.get("cmd") != new.get("cmd") else []
     params = [
@@ -147,7 +224,7 @@ def changed_inputs(committed: dict | None, current: dict | None, stage: str, flo
         if ((old.get("params") or {}).get(f) or {}).get(k) != ((new.get("params") or {}).get(f) or {}).get(k)
     )
     deps = [{d["path"]: d.get("md5") for d in entry.get("deps", [])} for entry in (old, new)]
-    inside = lambda p: any(p == o or p.startswith(o.rstrip("/") + "/") for o in float_outputs)  # noqa: E731
+    inside = lambda p: any(p == o or p.startswith(o.rstrip("/") + "/") for o in made_here)  # noqa: E731
     out += sorted(p for p in set(deps[0]) | set(deps[1]) if not inside(p) and deps[0].get(p) != deps[1].get(p))
     return out
 
@@ -219,6 +296,41 @@ def lookup(data: Any, dotted: str) -> Any:
 # --------------------------------------------------------------------------------------------
 # the checks
 # --------------------------------------------------------------------------------------------
+def _compare_files(paths: list[Path], rules: list[Rule], baseline: str, base_dir: Path) -> tuple[list[str], list[str]]:
+    """Problems and notes of comparing a stage's JSON files (or folders) with the committed ones."""
+    problems, notes, diffs, compared = [], [], [], []
+    for path in paths:
+        for prefix, f in json_members(path, baseline):
+            name = os.path.relpath(f, base_dir)
+            base = committed_json(f, baseline)
+            if base is None:
+                problems.append(f"{name} not committed at {baseline}")
+            elif not f.is_file():
+                problems.append(f"{name} missing (run dvc repro first)")
+            else:
+                found = compare(base, json.loads(f.read_text()), rules, prefix)
+                bad = [d for d in found if not d.allowed]
+                if bad:
+                    problems.append(
+                        f"{name}: {len(bad)} value(s) beyond tolerance, e.g. " + "; ".join(map(str, bad[:3]))
+                    )
+                diffs += found
+                compared.append(name)
+    if diffs and not problems:
+        worst = max(diffs, key=lambda d: d.delta / d.tolerance if d.tolerance else 0)
+        notes.append(f"{len(diffs)} value(s) within tolerance in {len(compared)} file(s), largest {worst}")
+    elif compared and not problems:
+        notes.append(f"{', '.join(compared)} identical" if len(compared) <= 2 else f"{len(compared)} files identical")
+    return problems, notes
+
+
+def _readers(lock: dict | None, outputs: list[str]) -> list[str]:
+    """The stages of a parsed ``dvc.lock`` whose deps are (inside) one of ``outputs``."""
+    inside = lambda p, o: p == o or p.startswith(o.rstrip("/") + "/")  # noqa: E731
+    stages = ((lock or {}).get("stages") or {}).items()
+    return [n for n, e in stages if any(inside(d["path"], o) for d in e.get("deps", []) for o in outputs)]
+
+
 def _check_stage(
     stage: str,
     files: list[Path],
@@ -228,28 +340,9 @@ def _check_stage(
     locks: tuple[dict | None, dict | None],
 ) -> tuple[bool, str]:
     exact = stage in cfg.exact
-    rules = [] if exact else cfg.tolerance[stage]
-    problems, notes = [], []
-    for f in files:
-        name = os.path.relpath(f, base_dir)
-        base = committed_json(f, baseline)
-        if base is None:
-            problems.append(f"{name} not committed at {baseline}")
-            continue
-        if not f.is_file():
-            problems.append(f"{name} missing (run dvc repro first)")
-            continue
-        diffs = compare(base, json.loads(f.read_text()), rules)
-        bad = [d for d in diffs if not d.allowed]
-        if bad:
-            problems.append(f"{name}: {len(bad)} value(s) beyond tolerance, e.g. " + "; ".join(map(str, bad[:3])))
-        elif diffs:
-            worst = max(diffs, key=lambda d: d.delta / d.tolerance if d.tolerance else 0)
-            notes.append(f"{name}: {len(diffs)} value(s) within tolerance, largest {worst}")
-        else:
-            notes.append(f"{name} identical")
-    float_outputs = {p for name in cfg.tolerance for p in lock_outputs(locks[0], name)}
-    inputs = changed_inputs(*locks, stage, float_outputs)
+    problems, notes = _compare_files(files, [] if exact else cfg.tolerance[stage], baseline, base_dir)
+    made_here = {p for name in (*cfg.exact, *cfg.tolerance) for lock in locks for p in lock_outputs(lock, name)}
+    inputs = changed_inputs(*locks, stage, made_here)
     if inputs:
         problems.append(
             f"ran with inputs the committed dvc.lock does not record: {', '.join(inputs[:6])}"
@@ -259,7 +352,11 @@ def _check_stage(
         committed, current = (lock_outputs(lock, stage) for lock in locks)
         changed = sorted(p for p in set(committed) | set(current) if committed.get(p) != current.get(p))
         if changed:
-            problems.append(f"outputs differ from the committed dvc.lock: {', '.join(changed)}")
+            readers = _readers(locks[1], changed)
+            problems.append(
+                f"outputs differ from the committed dvc.lock: {', '.join(changed)}"
+                + (f" (read by {', '.join(readers)})" if readers else "")
+            )
         else:
             notes.append(f"outputs identical ({', '.join(sorted(current)) or 'none'})")
     kind = "exact" if exact else "tolerance"

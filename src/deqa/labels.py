@@ -27,6 +27,11 @@ two Gaussians used here and by the evaluation stage.
 The Gaussian density and distribution function are those of ``scipy.stats.norm``, evaluated
 through its kernels (``exp(-z^2/2)/sqrt(2 pi)`` and ``scipy.special.ndtr``) without the
 per-call argument checking of the ``rv_continuous`` front end, which costs 10x on a million rows.
+
+Same bits on every CPU (the ``soft_labels`` stage is byte-exact, ``gate.yaml``): ``exp`` and
+``log`` are :mod:`deqa.portable`'s (numpy's and the C library's differ by CPU in the last bit) and
+the sums over the five levels are written out in a fixed order (``q @ levels`` would go to the
+BLAS, whose kernels differ by CPU too). The ``cdf`` density's ``ndtr`` is scipy's.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ import numpy as np
 import pandas as pd
 from scipy import special
 
+from deqa import portable
 from deqa.config import SoftLabelsConfig
 from deqa.schema import LABEL_COLUMNS, LEVEL_THRESHOLDS, MANIFEST_COLUMNS, PROB_COLUMNS
 
@@ -104,11 +110,14 @@ def level_weights(m: Any, s: Any, density: str = "pdf") -> np.ndarray:
     return weights.T.reshape(m.shape + (5,))
 
 
-def _level_weights_lm(m: np.ndarray, s: np.ndarray, density: str, out: np.ndarray | None = None) -> np.ndarray:
+def _level_weights_lm(
+    m: np.ndarray, s: np.ndarray, density: str, out: np.ndarray | None = None, work: np.ndarray | None = None
+) -> np.ndarray:
     """Level-major weights, shape (5, N), for 1-D m and s (written into ``out`` if given).
 
     Level-major keeps every numpy operation on long contiguous rows (an (N, 5) layout runs
-    numpy's inner loops 5 elements at a time, several times slower) and works in place.
+    numpy's inner loops 5 elements at a time, several times slower) and works in place
+    (``work``: :func:`deqa.portable.exp_work` scratch of shape (5, 5, N)).
     """
     out = np.empty((5, m.size)) if out is None else out
     inv_s = 1.0 / s
@@ -118,7 +127,7 @@ def _level_weights_lm(m: np.ndarray, s: np.ndarray, density: str, out: np.ndarra
         np.subtract(LEVEL_VALUES[:, None], m, out=out)
         np.multiply(out, out, out=out)
         out *= neg_half_inv_var
-        np.exp(out, out=out)
+        portable.exp(out, out=out, work=work)
         out *= inv_s / _SQRT_2PI
         return out
     if density == "cdf":
@@ -129,6 +138,15 @@ def _level_weights_lm(m: np.ndarray, s: np.ndarray, density: str, out: np.ndarra
         np.subtract(edges[1:], edges[:-1], out=out)
         return out
     raise ValueError(f"density must be one of {', '.join(DENSITIES)}; got {density!r}")
+
+
+def _level_sum(q: np.ndarray, weights: Any = None) -> np.ndarray:
+    """``sum_k w_k q[k]`` over the first axis of a level-major (5, ...) array, levels in order
+    (the same additions on every CPU, unlike a BLAS dot product); ``weights`` default to 1."""
+    total = q[0] * (1.0 if weights is None else weights[0])
+    for k in range(1, 5):
+        total += q[k] * (1.0 if weights is None else weights[k])
+    return total
 
 
 def binary_labels(m: Any) -> np.ndarray:
@@ -184,12 +202,12 @@ def gaussian_soft_labels(
     m, s = m.ravel(), s.ravel()
     levels = np.empty((5, m.size))  # level-major; returned as its (N, 5) transpose
     fallback = np.empty(m.size, dtype=bool)
+    work = portable.exp_work((5, min(BLOCK_ROWS, m.size)))  # reused by every block
     with np.errstate(all="ignore"):
         for start in range(0, m.size, BLOCK_ROWS):
             rows = slice(start, start + BLOCK_ROWS)
-            _soft_block(
-                m[rows], s[rows], density, std_min, max_mean_error, renormalise, levels[:, rows], fallback[rows]
-            )
+            block = (m[rows], s[rows], density, std_min, max_mean_error, renormalise, levels[:, rows], fallback[rows])
+            _soft_block(*block, work[..., : len(block[0])])
     return levels.T.reshape(shape + (5,)), fallback.reshape(shape)
 
 
@@ -202,15 +220,16 @@ def _soft_block(
     renormalise: bool,
     q: np.ndarray,
     fallback: np.ndarray,
+    work: np.ndarray | None = None,
 ) -> None:
     """Soft labels of one block of n rows, written into ``q`` (5, n) and ``fallback`` (n,).
 
     Works level-major, in place, on blocks small enough to keep every temporary in the CPU cache.
     """
     usable = np.isfinite(s) & (s > 0) & (s >= std_min)
-    _level_weights_lm(m, np.where(usable, s, 1.0), density, out=q)  # p_k
-    a = q.sum(axis=0)
-    b = LEVEL_VALUES @ q
+    _level_weights_lm(m, np.where(usable, s, 1.0), density, out=q, work=work)  # p_k
+    a = _level_sum(q)
+    b = _level_sum(q, LEVEL_VALUES)
     alpha = (m - 3.0) / (b - 3.0 * a + ALPHA_EPS)
     # m = 3 exactly with a symmetric density: B - 3A = 0 and the spec's formula gives alpha = 0,
     # a flat label whatever s is. Any alpha keeps the mean at 3 there; take alpha = 1/A (the
@@ -223,8 +242,8 @@ def _soft_block(
     q += beta
     np.maximum(q, 0.0, out=q)
     if renormalise:
-        q /= q.sum(axis=0)
-    error = np.abs(LEVEL_VALUES @ q - m)
+        q /= _level_sum(q)
+    error = np.abs(_level_sum(q, LEVEL_VALUES) - m)
     np.logical_or(~usable, ~(error <= max_mean_error), out=fallback)  # a NaN error falls back
     rows = np.flatnonzero(fallback)
     if rows.size:
@@ -242,10 +261,11 @@ def reconstruct(probs: Any, normalised: bool = False) -> tuple[np.ndarray, np.nd
     q = np.asarray(probs, dtype=float)
     if q.shape[-1:] != (5,):
         raise ValueError(f"probs must have 5 levels on the last axis; got shape {q.shape}")
+    q = np.moveaxis(q, -1, 0)  # level-major view
     if normalised:
-        q = q / q.sum(axis=-1, keepdims=True)
-    mean = q @ LEVEL_VALUES
-    var = np.einsum("...k,...k->...", q, (LEVEL_VALUES - mean[..., None]) ** 2)
+        q = q / _level_sum(q)
+    mean = _level_sum(q, LEVEL_VALUES)
+    var = _level_sum([q[k] * (LEVEL_VALUES[k] - mean) ** 2 for k in range(5)])
     return mean, np.sqrt(np.maximum(var, 0.0))
 
 
@@ -305,7 +325,7 @@ def gaussian_kl(mu1: Any, s1: Any, mu2: Any, s2: Any) -> np.ndarray:
     """
     mu1, s1, mu2, s2 = (np.asarray(x, dtype=float) for x in (mu1, s1, mu2, s2))
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.log(s2 / s1) + (s1**2 + (mu1 - mu2) ** 2) / (2.0 * s2**2) - 0.5
+        return portable.log(s2 / s1) + (s1**2 + (mu1 - mu2) ** 2) / (2.0 * s2**2) - 0.5
 
 
 def gaussian_js(mu1: Any, s1: Any, mu2: Any, s2: Any) -> np.ndarray:

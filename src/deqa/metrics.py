@@ -1,9 +1,13 @@
-"""Evaluation metrics of the ``evaluate`` stage (DeQA-Score spec, section 7) and its plot tables.
+"""Evaluation metrics (DeQA-Score spec, section 7) as pure functions of arrays and frames.
 
-Everything here is a pure function of arrays or of a predictions frame
-(:data:`deqa.schema.PREDICTION_COLUMNS`). The stage calls :func:`evaluate_predictions` (the
-detail, written to ``data/evaluate/metrics.json``), :func:`headline_metrics` (the few numbers per
-evaluated set that ``dvc metrics show`` prints, ``metrics/evaluate.json``) and :func:`plot_tables`.
+Correlations (:func:`srcc`, :func:`krcc`, :func:`plcc`), the VQEG logistic mapping
+(:func:`fit_logistic`, :func:`plcc_fitted`, :func:`rmse_fitted`), bootstrap intervals
+(:func:`bootstrap_ci`), levels (:func:`score_to_level`, :func:`level_entropy`,
+:func:`confusion_matrix`), the predicted-vs-ground-truth std (:func:`std_correlation`), the
+Gaussian distribution gap (:func:`distribution_gap`: KL, JS, W2) and the sensitivity of a score to
+a distortion's severity (:func:`severity_monotonicity`). No function keeps state or writes
+files; the ``evaluate`` stage's tables built from them (the detail per evaluated set, the
+headline rows, the plot tables) are :mod:`deqa.metric_tables`.
 
 Conventions
 -----------
@@ -21,20 +25,17 @@ Conventions
 - **Distribution gap**: KL(N(m, s) ‖ N(μ, σ)), JS and W2 per image (from :mod:`deqa.labels`),
   averaged over the images with ``s > 0`` and ``σ > 0``.
 - **Provenance** (``content``, ``distortion``, ``severity``, :data:`deqa.schema.PROVENANCE_COLUMNS`):
-  where rows carry it, a set also gets per-distortion/per-severity breakdowns
-  (:func:`provenance_breakdown`) and :func:`severity_monotonicity`, signed so that +1 is a score
-  that always falls as the distortion gets stronger.
+  :func:`severity_monotonicity` is signed so that +1 is a score that always falls as the
+  distortion gets stronger.
 - **Undefined values are** ``None`` (JSON ``null``), never NaN.
 """
 
 from __future__ import annotations
 
 import math
-import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,20 +43,18 @@ import pandas as pd
 from scipy import optimize, stats
 
 from deqa import LEVELS
-from deqa.schema import PROB_COLUMNS, PROVENANCE_COLUMNS
+from deqa.schema import PROVENANCE_COLUMNS
 
 LEVEL_THRESHOLDS = (1.8, 2.6, 3.4, 4.2)
 """Upper edges of levels 1..4 on the 1..5 scale (bins closed on the right, spec section 3.5)."""
 
-LEVEL_NAMES = tuple(f"{k} {name}" for k, name in enumerate(LEVELS, start=1))
-"""Level labels used in plot tables: ``"1 bad"``..``"5 excellent"`` (sort in level order)."""
-
 OVERALL = "overall"
-CROSS_SPLIT = "cross"  # the split of the evaluate.extra sets (deqa.evaluation)
-"""Key of the all-datasets group in :func:`evaluate_predictions`."""
+"""Key of the all-datasets group of a split (:func:`deqa.metric_tables.evaluate_predictions`)."""
+CROSS_SPLIT = "cross"
+"""The split of the ``evaluate.extra`` sets (:mod:`deqa.evaluation`), never pooled into ``overall``."""
 
 ROUND = 6
-"""Decimals kept in the metrics JSON (stable across platforms, readable in ``dvc metrics show``)."""
+"""Decimals kept in the detail metrics JSON (stable across platforms)."""
 
 
 # ---- helpers ---------------------------------------------------------------------------------
@@ -74,7 +73,7 @@ def _defined(x: np.ndarray, y: np.ndarray) -> bool:
     return x.size >= 2 and np.ptp(x) > 0 and np.ptp(y) > 0
 
 
-def _finite(value: Any, ndigits: int | None = ROUND) -> float | None:
+def as_number(value: Any, ndigits: int | None = ROUND) -> float | None:
     """``value`` as a rounded float, or ``None`` when it is missing, NaN or infinite."""
     if value is None:
         return None
@@ -90,7 +89,7 @@ def srcc(pred: Any, target: Any) -> float | None:
     x, y = _pair(pred, target)
     if not _defined(x, y):
         return None
-    return _finite(stats.spearmanr(x, y).statistic, None)
+    return as_number(stats.spearmanr(x, y).statistic, None)
 
 
 def krcc(pred: Any, target: Any) -> float | None:
@@ -98,7 +97,7 @@ def krcc(pred: Any, target: Any) -> float | None:
     x, y = _pair(pred, target)
     if not _defined(x, y):
         return None
-    return _finite(stats.kendalltau(x, y).statistic, None)
+    return as_number(stats.kendalltau(x, y).statistic, None)
 
 
 def plcc(pred: Any, target: Any) -> float | None:
@@ -106,7 +105,7 @@ def plcc(pred: Any, target: Any) -> float | None:
     x, y = _pair(pred, target)
     if not _defined(x, y):
         return None
-    return _finite(stats.pearsonr(x, y).statistic, None)
+    return as_number(stats.pearsonr(x, y).statistic, None)
 
 
 # ---- the VQEG 4-parameter logistic -----------------------------------------------------------
@@ -188,7 +187,7 @@ def rmse_fitted(pred: Any, target: Any, fit: LogisticFit | None = None) -> float
     if x.size == 0:
         return None
     fit = fit or fit_logistic(x, y)
-    return _finite(np.sqrt(np.mean((fit.predict(x) - y) ** 2)), None)
+    return as_number(np.sqrt(np.mean((fit.predict(x) - y) ** 2)), None)
 
 
 # ---- bootstrap -------------------------------------------------------------------------------
@@ -339,110 +338,18 @@ def distribution_gap(m: Any, s: Any, mu: Any, sigma: Any) -> dict[str, float | N
             out[name] = None
             continue
         values = np.asarray(func(m[keep], s[keep], mu[keep], sigma[keep]), dtype=float)
-        out[name] = _finite(np.mean(values), None)
+        out[name] = as_number(np.mean(values), None)
     return out
 
 
-# ---- the evaluate stage's entry points -------------------------------------------------------
-REQUIRED_COLUMNS = ("dataset", "split", "m", "s", "pred_mean", "pred_std", *PROB_COLUMNS)
-
-HEADLINE_KEYS = ("srcc", "plcc", "krcc", "rmse", "std_srcc", "kl")
-"""Per evaluated set, the numbers of the headline metrics file (``metrics/evaluate.json``)."""
-
-HEADLINE_ROUND = 4
-"""Decimals of the headline file: enough for a 0.02 quality margin, short in ``dvc exp show``."""
-
-
-def _check_frame(df: pd.DataFrame) -> None:
-    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
-    if missing:
-        raise ValueError(f"predictions are missing column(s) {', '.join(missing)} (see deqa.schema.PREDICTION_COLUMNS)")
-    if (df["dataset"].astype(str) == OVERALL).any():
-        raise ValueError(f"a dataset may not be named {OVERALL!r}: it is the all-datasets key")
-
-
-def group_metrics(df: pd.DataFrame, bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """All metrics of one group of predictions (one split, one dataset or all of them).
-
-    Keys: ``n``, ``srcc`` (+ ``srcc_lo``/``srcc_hi``, the bootstrap 95 % interval), ``krcc``,
-    ``plcc`` (after the logistic fit; + ``plcc_lo``/``plcc_hi``), ``plcc_plain``, ``rmse`` (after
-    the fit), ``logistic_ok``, ``kl``/``js``/``w2`` (mean Gaussian gap) with ``n_gap`` images,
-    ``std_srcc``/``std_plcc`` (predicted vs ground-truth std), ``entropy`` (mean entropy of the
-    predicted levels, nats), ``level_acc`` (diagonal share of the confusion matrix) and
-    ``confusion`` (5×5 list, rows ground truth, columns prediction, levels bad..excellent).
-    Rows without ``m`` or ``pred_mean`` are dropped; ``bootstrap=0`` skips the intervals.
-    """
-    df = df[np.isfinite(df["m"].astype(float)) & np.isfinite(df["pred_mean"].astype(float))]
-    x = df["pred_mean"].to_numpy(float)
-    y = df["m"].to_numpy(float)
-    fit = fit_logistic(x, y)
-    out: dict[str, Any] = {"n": len(df)}
-    out["srcc"] = _finite(srcc(x, y))
-    out["krcc"] = _finite(krcc(x, y))
-    out["plcc"] = _finite(plcc(fit.predict(x), y))
-    out["plcc_plain"] = _finite(plcc(x, y))
-    out["rmse"] = _finite(rmse_fitted(x, y, fit))
-    out["logistic_ok"] = bool(fit.ok)
-    for stat, values in (("srcc", x), ("plcc", fit.predict(x))):
-        lo, hi = (None, None)
-        if bootstrap > 0:
-            lo, hi = bootstrap_ci(values, y, stat, n_resamples=bootstrap, seed=seed)
-        out[f"{stat}_lo"], out[f"{stat}_hi"] = _finite(lo), _finite(hi)
-    gap = distribution_gap(y, df["s"].to_numpy(float), x, df["pred_std"].to_numpy(float))
-    out["n_gap"] = gap.pop("n")
-    out.update({k: _finite(v) for k, v in gap.items()})
-    out["std_srcc"] = _finite(std_correlation(df["s"], df["pred_std"], "srcc"))
-    out["std_plcc"] = _finite(std_correlation(df["s"], df["pred_std"], "plcc"))
-    probs = df[PROB_COLUMNS].to_numpy(float)
-    out["entropy"] = _finite(level_entropy(probs).mean()) if len(df) else None
-    cm = confusion_matrix(score_to_level(y), score_to_level(x))
-    out["level_acc"] = _finite(np.trace(cm) / cm.sum()) if cm.sum() else None
-    out["confusion"] = cm.tolist()
-    return out
-
-
-def _provenance_rows(df: pd.DataFrame) -> pd.DataFrame:
+# ---- severity ------------------------------------------------------------------------------
+def provenance_rows(df: pd.DataFrame) -> pd.DataFrame:
     """The rows with a content, a distortion and a numeric severity (empty without the columns)."""
     if not all(c in df.columns for c in PROVENANCE_COLUMNS):
         return df.iloc[0:0]
     severity = pd.to_numeric(df["severity"], errors="coerce")
     keep = df["content"].notna() & df["distortion"].notna() & severity.notna()
     return df[keep].assign(severity=severity[keep].astype(int), distortion=df["distortion"][keep].astype(str))
-
-
-def _cell(part: pd.DataFrame) -> dict[str, Any]:
-    """Small-group numbers of a breakdown: n, mean m, mean μ, bias, MAE, SRCC and plain PLCC."""
-    m, mu = part["m"].to_numpy(float), part["pred_mean"].to_numpy(float)
-    both = np.isfinite(m) & np.isfinite(mu)
-    err = mu[both] - m[both]
-    return {
-        "n": len(part),
-        "mean_m": _finite(np.mean(m[both])) if both.any() else None,
-        "mean_pred": _finite(np.nanmean(mu)) if np.isfinite(mu).any() else None,
-        "bias": _finite(err.mean()) if err.size else None,
-        "mae": _finite(np.abs(err).mean()) if err.size else None,
-        "srcc": _finite(srcc(mu, m)),
-        "plcc": _finite(plcc(mu, m)),
-    }
-
-
-def provenance_breakdown(df: pd.DataFrame) -> dict[str, Any]:
-    """Per-distortion, per-severity and per (distortion, severity) numbers of :func:`_cell`.
-
-    ``by_distortion`` ({name: cell}, ``pristine`` included), ``by_severity`` ({"0": cell, "1":
-    ...}) and ``by_distortion_severity`` ({name: {"1": cell, ...}}); empty dict when the rows
-    carry no provenance (:data:`deqa.schema.PROVENANCE_COLUMNS`).
-    """
-    rows = _provenance_rows(df)
-    if rows.empty:
-        return {}
-    out: dict[str, Any] = {"by_distortion": {}, "by_severity": {}, "by_distortion_severity": {}}
-    for name, part in rows.groupby("distortion", sort=True):
-        out["by_distortion"][name] = _cell(part)
-        out["by_distortion_severity"][name] = {str(s): _cell(p) for s, p in part.groupby("severity", sort=True)}
-    for severity, part in rows.groupby("severity", sort=True):
-        out["by_severity"][str(severity)] = _cell(part)
-    return out
 
 
 def severity_monotonicity(df: pd.DataFrame, score: str = "pred_mean") -> dict[str, Any]:
@@ -458,7 +365,7 @@ def severity_monotonicity(df: pd.DataFrame, score: str = "pred_mean") -> dict[st
     ``n_undefined`` and ``by_distortion`` ({name: {"mean", "n_series"}}); ``mean`` is ``None``
     when no series is defined (e.g. no provenance columns).
     """
-    rows = _provenance_rows(df)
+    rows = provenance_rows(df)
     values: dict[str, list[float]] = {}
     undefined = 0
     if rows.empty:
@@ -474,147 +381,8 @@ def severity_monotonicity(df: pd.DataFrame, score: str = "pred_mean") -> dict[st
             values.setdefault(name, []).append(rho)
     every = [v for vs in values.values() for v in vs]
     return {
-        "mean": _finite(np.mean(every)) if every else None,
+        "mean": as_number(np.mean(every)) if every else None,
         "n_series": len(every),
         "n_undefined": undefined,
-        "by_distortion": {k: {"mean": _finite(np.mean(v)), "n_series": len(v)} for k, v in values.items()},
+        "by_distortion": {k: {"mean": as_number(np.mean(v)), "n_series": len(v)} for k, v in values.items()},
     }
-
-
-def set_metrics(df: pd.DataFrame, bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """:func:`group_metrics` plus, for rows with provenance, the breakdowns and ``monotonicity``."""
-    out = group_metrics(df, bootstrap, seed)
-    breakdown = provenance_breakdown(df)
-    if breakdown:
-        out.update(breakdown)
-        out["monotonicity"] = severity_monotonicity(df)
-    return out
-
-
-def evaluate_predictions(df: pd.DataFrame, bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """The detail metrics of every evaluated set: ``{split: {dataset: {...}}}``.
-
-    ``df`` follows :data:`deqa.schema.PREDICTION_COLUMNS` (with optional provenance columns).
-    Each set is :func:`set_metrics` with ``bootstrap`` resamples seeded by ``seed``; a split with
-    two or more datasets also gets ``overall`` (all its rows; with one dataset it would repeat it),
-    except the cross-dataset split ``cross``, whose sets are unrelated tests (LIVE-C next to a
-    sensitivity set with nominal MOS) that pooled numbers would only blur.
-    Splits and datasets in sorted order; JSON-ready (no NaN) for :func:`deqa.stage.write_json`.
-    """
-    _check_frame(df)
-    out: dict[str, Any] = {}
-    for split in sorted(df["split"].astype(str).unique()):
-        part = df[df["split"].astype(str) == split]
-        datasets = sorted(part["dataset"].astype(str).unique())
-        pooled = len(datasets) > 1 and split != CROSS_SPLIT
-        block = {OVERALL: set_metrics(part, bootstrap, seed)} if pooled else {}
-        for dataset in datasets:
-            block[dataset] = set_metrics(part[part["dataset"].astype(str) == dataset], bootstrap, seed)
-        out[split] = block
-    return out
-
-
-def headline_metrics(detail: dict[str, Any], leave_out: tuple[str, ...] = ("val",)) -> dict[str, Any]:
-    """The headline file from :func:`evaluate_predictions`'s detail: ``{split: {set: {...}}}``.
-
-    Per set only :data:`HEADLINE_KEYS` (SRCC, fitted PLCC, KRCC, fitted RMSE, predicted-vs-
-    ground-truth std SRCC, Gaussian KL) and, for sets with provenance, ``monotonicity`` (the mean
-    of :func:`severity_monotonicity`), rounded to :data:`HEADLINE_ROUND` decimals; undefined
-    values are left out, so ``dvc metrics show`` prints a short row. The ``leave_out`` splits are
-    skipped unless nothing else was evaluated: ``val`` picks the checkpoint (its numbers are
-    optimistic, and ``metrics/train.json`` already holds its SRCC/PLCC).
-    """
-    splits = [s for s in detail if s not in leave_out] or list(detail)
-    out: dict[str, Any] = {}
-    for split in splits:
-        for name, group in detail[split].items():
-            values = {k: group.get(k) for k in HEADLINE_KEYS}
-            values["monotonicity"] = (group.get("monotonicity") or {}).get("mean")
-            values = {k: round(float(v), HEADLINE_ROUND) for k, v in values.items() if v is not None}
-            out.setdefault(split, {})[name] = values
-    return out
-
-
-def headline_table(headline: dict[str, Any]) -> str:
-    """The headline metrics as a fixed-width text table (one line per set), for a console."""
-    keys = [*HEADLINE_KEYS, "monotonicity"]
-    keys = [k for k in keys if any(k in g for b in headline.values() for g in b.values())]
-    lines = ["set".ljust(24) + "".join(k.rjust(13) for k in keys)]
-    for split, block in headline.items():
-        for name, group in block.items():
-            cells = "".join((f"{group[k]:.4f}" if k in group else "-").rjust(13) for k in keys)
-            lines.append(f"{split}/{name}".ljust(24) + cells)
-    return "\n".join(lines)
-
-
-# ---- plot tables -----------------------------------------------------------------------------
-def default_plot_split(df: pd.DataFrame) -> str | None:
-    """The split the plot tables show: ``test`` if present, else ``val``, else all rows (None)."""
-    present = set(df["split"].astype(str))
-    for split in ("test", "val"):
-        if split in present:
-            return split
-    return None
-
-
-def _file_stem(name: str) -> str:
-    """A dataset name as a safe file stem (letters, digits, ``_``, ``-``, ``.``)."""
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).strip("._")
-    return stem or "dataset"
-
-
-def plot_tables(df: pd.DataFrame, split: str | None = "auto") -> dict[str, pd.DataFrame]:
-    """Data files of the DVC plots, keyed by path under ``data/evaluate/plots`` without ``.csv``.
-
-    - ``scatter/<dataset>``: one table per dataset (one DVC scatter plot each), one row per
-      image, columns ``dataset``, ``split``, ``image``, ``mos``, ``m``, ``pred_mean``, ``s``,
-      ``pred_std`` (plotted: x ``m``, y ``pred_mean``). Dataset names are made file-safe.
-    - ``confusion``: one row per image of every dataset, columns ``dataset``, ``split``,
-      ``actual``, ``predicted`` with level labels ``"1 bad"``..``"5 excellent"`` (DVC's
-      ``confusion`` template counts them; levels as in :func:`score_to_level`).
-
-    ``split="auto"`` keeps the rows of :func:`default_plot_split`; ``None`` keeps every row; any
-    other value keeps that split (a split with no rows raises ``ValueError``).
-    """
-    columns = ["dataset", "split", "image", "mos", "m", "s", "pred_mean", "pred_std"]
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise ValueError(f"predictions are missing column(s) {', '.join(missing)}")
-    if split == "auto":
-        split = default_plot_split(df)
-    if split is not None:
-        df = df[df["split"].astype(str) == split]
-        if df.empty:
-            raise ValueError(f"plot_tables: no predictions for split {split!r}")
-    df = df[np.isfinite(df["m"].astype(float)) & np.isfinite(df["pred_mean"].astype(float))]
-    df = df.sort_values(["dataset", "image"], kind="stable")
-    out: dict[str, pd.DataFrame] = {}
-    scatter = df[["dataset", "split", "image", "mos", "m", "pred_mean", "s", "pred_std"]]
-    for dataset, part in scatter.groupby(scatter["dataset"].astype(str), sort=True):
-        key = f"scatter/{_file_stem(dataset)}"
-        if key in out:
-            raise ValueError(f"plot_tables: datasets {dataset!r} and another map to the same file {key}.csv")
-        out[key] = part.reset_index(drop=True)
-    names = np.asarray(LEVEL_NAMES)
-    out["confusion"] = pd.DataFrame(
-        {
-            "dataset": df["dataset"].to_numpy(),
-            "split": df["split"].to_numpy(),
-            "actual": names[score_to_level(df["m"].to_numpy(float)) - 1],
-            "predicted": names[score_to_level(df["pred_mean"].to_numpy(float)) - 1],
-        }
-    )
-    return out
-
-
-def write_plot_tables(
-    df: pd.DataFrame, out_dir: str | Path = "data/evaluate/plots", split: str | None = "auto"
-) -> list[Path]:
-    """Write :func:`plot_tables` as ``<out_dir>/<key>.csv`` (the files ``dvc.yaml`` plots)."""
-    paths = []
-    for key, table in plot_tables(df, split).items():
-        path = Path(out_dir) / f"{key}.csv"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(path, index=False)
-        paths.append(path)
-    return paths

@@ -200,12 +200,28 @@ def _rounded(x: float) -> float | None:
     return None if not np.isfinite(x) else round(float(x), 4)
 
 
-def headline(summary: dict) -> dict:
-    """The study's DVC metrics: per variant the mean of each metric and its sd (``<metric>_sd``)."""
-    return {
-        name: {k: v for m, cell in table.items() for k, v in ((m, cell["mean"]), (f"{m}_sd", cell["sd"]))}
-        for name, table in summary["variants"].items()
-    }
+REFERENCE = "deqa"
+"""The variant the DVC metrics' paired differences are taken against (all pairs are in the detail)."""
+
+
+def headline(summary: dict, reference: str = REFERENCE) -> dict[str, dict]:
+    """The study's DVC metrics as result rows (``docs/metrics.md``): per variant ``<name>.mean``
+    and ``<name>.sd`` (the metrics' mean and sd over the splits, ``n`` the number of splits), and
+    ``<name>-<reference>.diff`` (the mean paired difference) for every other variant."""
+    n = summary["splits"]
+    rows = {}
+    for name, table in summary["variants"].items():
+        rows[f"{name}.mean"] = {"n": n, **{m: table[m]["mean"] for m in METRICS}}
+        rows[f"{name}.sd"] = {"n": n, **{m: table[m]["sd"] for m in METRICS}}
+    for pair, table in summary["pairs"].items():
+        a, b = pair.split("-", 1)
+        if reference in (a, b) and a != b:
+            other, sign = (b, -1) if a == reference else (a, 1)
+            rows[f"{other}-{reference}.diff"] = {
+                "n": n,
+                **{m: None if c["diff_mean"] is None else round(sign * c["diff_mean"], 4) for m, c in table.items()},
+            }
+    return rows
 
 
 def results_markdown(summary: dict, title: str = "Study results") -> str:

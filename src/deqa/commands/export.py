@@ -21,8 +21,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base", default=None, help="base checkpoint (default: from the adapter's deqa_model.json)")
     p.add_argument(
         "--metrics",
-        default="metrics/evaluate.json",
-        help="evaluation metrics for the model card, if present (default: metrics/evaluate.json)",
+        default="data/evaluate/metrics.json",
+        help="evaluation metrics for the model card, if present (default: data/evaluate/metrics.json, "
+        "the evaluate stage's detail)",
     )
     p.add_argument(
         "--dtype",

@@ -9,10 +9,11 @@ every check passes, 1 when one fails, 2 when the pipeline or its gate config can
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-from deqa.gate import GateError, gate
+from deqa.gate import KERNEL_VARIABLES, GateError, gate
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -42,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
     except GateError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    chosen = [f"{k}={os.environ[k]}" for k in KERNEL_VARIABLES if os.environ.get(k)]
+    print(f"kernels: {' '.join(chosen) if chosen else 'as this CPU picks them'} (deqa.gate.KERNEL_SETS)")
     print("\n".join(lines))
     print("gate: PASSED" if ok else "gate: FAILED", file=sys.stdout if ok else sys.stderr)
     return 0 if ok else 1

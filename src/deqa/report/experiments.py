@@ -6,10 +6,11 @@ repository lock while the stage runs, and experiments are git refs, which no sta
 dependency, so a report that read them would be stale or non-reproducible.
 
 The data come from :func:`dvc.api.exp_show`: one flat record per baseline commit and experiment,
-with params and metrics keys flattened (``train.lr``, ``test.synthetic.srcc``; prefixed with
-``file:`` only where two files share a key). A key is a param when its first part is a section of
-:class:`deqa.config.Params`; a metric column when it is ``<split>.<set>.<key>`` of the headline
-file (:data:`deqa.metrics.HEADLINE_KEYS` and ``monotonicity``).
+with params and metrics keys flattened (``train.lr``; prefixed with ``file:`` only where two files
+share a key, which the headline rows always do: ``metrics/evaluate/test.synthetic.json:srcc``). A
+key is a param when its first part is a section of :class:`deqa.config.Params`; a metric column
+when it is a key of :data:`deqa.metric_tables.HEADLINE_KEYS` in a row file
+``<folder>/<split>.<set>.json`` of the pipeline's headline folder (default ``metrics/evaluate``).
 """
 
 from __future__ import annotations
@@ -21,11 +22,20 @@ from itertools import groupby
 from pathlib import Path
 from typing import Any
 
-from deqa.metrics import HEADLINE_KEYS
+from deqa.metric_tables import HEADLINE_KEYS
 
-METRIC_KEYS = (*HEADLINE_KEYS, "monotonicity")
+METRIC_KEYS = tuple(k for k in HEADLINE_KEYS if k != "n")
 LOWER_IS_BETTER = {"rmse", "kl"}
-_METRIC = re.compile(r"^(?:metrics/evaluate\.json:)?([^.:]+)\.([^.:]+)\.(" + "|".join(METRIC_KEYS) + r")$")
+HEADLINE_FOLDER = "metrics/evaluate"
+"""The default pipeline's headline folder (the ``evaluate`` stage's ``--metrics``)."""
+
+
+def _metric_pattern(folder: str) -> re.Pattern:
+    """``<folder>/<split>.<set>.json:<key>`` -> (split, set, key)."""
+    keys = "|".join(METRIC_KEYS)
+    return re.compile(rf"^{re.escape(folder.rstrip('/'))}/([^/.:]+)\.([^/:]+)\.json:({keys})$")
+
+
 _SPLIT_ORDER = {"test": 0, "cross": 1, "val": 8}
 MISSING_VALUES = ("None", "", "-")
 """How :func:`dvc.api.exp_show` spells a value a run does not have (it gives the string ``"None"``)."""
@@ -70,9 +80,13 @@ def _best(values: list[Any], lower: bool) -> list[int]:
     return [i for i, v in numbers.items() if v == best]
 
 
-def experiment_table(records: list[dict[str, Any]], sections: tuple[str, ...] | None = None) -> ExperimentTable:
-    """Build the comparison from :func:`dvc.api.exp_show` records (one per run)."""
+def experiment_table(
+    records: list[dict[str, Any]], sections: tuple[str, ...] | None = None, folder: str = HEADLINE_FOLDER
+) -> ExperimentTable:
+    """Build the comparison from :func:`dvc.api.exp_show` records (one per run); the metrics are
+    the headline rows in ``folder`` (another pipeline's: ``real/metrics/evaluate``)."""
     sections = sections or param_sections()
+    pattern = _metric_pattern(folder)
     table = ExperimentTable()
     params: dict[str, list[Any]] = {}
     metrics: dict[tuple[str, str, str], list[Any]] = {}
@@ -87,7 +101,7 @@ def experiment_table(records: list[dict[str, Any]], sections: tuple[str, ...] | 
             if (name := _param_key(key, sections)) is not None:
                 params.setdefault(name, [None] * len(records))[i] = value
                 row[name] = value
-            elif match := _METRIC.match(key):
+            elif match := pattern.match(key):
                 metrics.setdefault(match.groups(), [None] * len(records))[i] = value
                 row[match.groups()] = value
         table.values.append(row)
