@@ -237,6 +237,8 @@ def test_the_stages_reject_bad_params_before_any_work(tmp_path):
             "l",
             "--base",
             "b",
+            "--features",
+            "f",
             "--out",
             "o",
             "--checkpoints",

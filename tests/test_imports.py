@@ -104,4 +104,6 @@ def test_deqa_has_no_import_circle():
 def test_labels_is_a_leaf():
     """The label maths depends on the file contracts and its config only: editing an importer or
     a data generator never re-runs the soft_labels stage."""
-    assert import_graph()["deqa.labels"] <= {"deqa", "deqa.schema", "deqa.config"}
+    graph = import_graph()
+    assert graph["deqa.labels"] <= {"deqa", "deqa.schema", "deqa.config", "deqa.portable"}
+    assert graph["deqa.portable"] == set()  # the CPU-independent exp/log: numpy only

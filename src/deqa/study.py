@@ -13,7 +13,7 @@ so the model predicts the std of the opinions as well as their mean, where one-h
   and its fidelity term) trained and scored on every split with the same code as the pipeline
   (:func:`deqa.training.train`, :class:`deqa.scoring.Scorer`, the frozen tower's outputs from the
   ``features`` stage), and measured on the held-out images with
-  :func:`deqa.metrics.group_metrics` (SRCC, PLCC after the logistic fit, std SRCC: predicted std
+  :func:`deqa.metric_tables.group_metrics` (SRCC, PLCC after the logistic fit, std SRCC: predicted std
   against the raters' std, the Gaussian KL/JS/W2 gap and the entropy of the predicted levels).
 - :func:`summarise`: per variant the mean and sd over the splits of each metric; per pair of
   variants the paired per-split differences (mean, sd) and how many splits each wins.
@@ -39,7 +39,7 @@ from deqa.config import Params, StudyConfig, StudyVariant
 log = logging.getLogger(__name__)
 
 METRICS = ("srcc", "plcc", "std_srcc", "kl", "js", "w2", "entropy")
-"""What a study reports per split and variant (keys of :func:`deqa.metrics.group_metrics`)."""
+"""What a study reports per split and variant (keys of :func:`deqa.metric_tables.group_metrics`)."""
 HIGHER_IS_BETTER = {"srcc": True, "plcc": True, "std_srcc": True, "kl": False, "js": False, "w2": False}
 """Direction of each metric for the win counts; ``entropy`` wins by closeness to the raters'
 (the mean entropy of the soft labels of the held-out images, ``label_entropy``)."""
@@ -133,7 +133,8 @@ def _train_and_score(p: Params, table: pd.DataFrame, base_dir, features) -> tupl
 
 
 def _split_record(k: int, scored: pd.DataFrame, summary: dict, reference: pd.DataFrame) -> dict:
-    from deqa.metrics import group_metrics, level_entropy
+    from deqa.metric_tables import group_metrics
+    from deqa.metrics import level_entropy
     from deqa.schema import PROB_COLUMNS
 
     metrics = group_metrics(scored, bootstrap=0)
