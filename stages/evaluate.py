@@ -48,11 +48,13 @@ def main(argv: list[str] | None = None) -> int:
             **image_roots(*(Path(args.labels) / f"{split}.csv" for split in cfg.splits)),
         }
     )
-    from deqa.evaluation import evaluation_frames, predict, quarantine_counts, write_predictions
+    from deqa.evaluation import evaluation_frames, predict, quarantine_counts, trained_rater_std, write_predictions
     from deqa.metric_tables import (
         evaluate_predictions,
         headline_rows,
         headline_table,
+        mark_std_notes,
+        std_notes,
         write_headline,
         write_plot_tables,
     )
@@ -72,10 +74,14 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(args.plots, ignore_errors=True)
     write_plot_tables(predictions, args.plots)
     detail = evaluate_predictions(predictions, bootstrap=cfg.bootstrap, seed=params.base.seed)
+    notes = std_notes(predictions, trained_rater_std(args.model), [*params.prepare.sources, *cfg.extra])
+    mark_std_notes(detail, notes)
     write_json(args.detail, detail)
     headline = headline_rows(detail)
     write_headline(headline, args.metrics)
     print(headline_table(headline))
+    for (split, name), note in notes.items():
+        print(f"evaluate: {split}.{name}: {note}")
     q = quarantine_counts(predictions)
     if q["quarantined"]:
         counts = ", ".join(f"{name}: {n}" for name, n in q["by_dataset"].items())

@@ -480,3 +480,46 @@ def test_headline_rows_keep_the_few_readable_numbers_one_flat_row_per_set(tmp_pa
     assert json.loads((folder / "test.synthetic.json").read_text()) == rows["test.synthetic"]
     with pytest.raises(ValueError, match="not a file name"):
         metric_tables.write_headline({"../x": {"n": 1}}, folder)
+
+
+def _std_frame() -> pd.DataFrame:
+    """Predictions of three sets: a simulated panel's, people's (with std) and MOS-only photos."""
+    rows = []
+    for split, dataset, s in (("test", "synthetic", 0.5), ("test", "photos", np.nan), ("cross", "livec", 0.6)):
+        rows += [{"split": split, "dataset": dataset, "s": s}] * 3
+    return pd.DataFrame(rows)
+
+
+def test_std_notes_say_where_a_std_correlation_is_not_a_result():
+    from deqa.config import SourceConfig
+
+    sources = [
+        SourceConfig(name="synthetic", format="synthetic"),
+        SourceConfig(name="photos", format="generic-csv", labels="p.csv"),
+        SourceConfig(name="livec", format="livec", labels="l.csv"),
+    ]
+    df = _std_frame()
+    # trained on MOS only: no std anywhere, every set with a std is flagged
+    mos_only = {"photos": {"rows": 9, "with_std": 0, "raters": "human"}}
+    notes = metric_tables.std_notes(df, mos_only, sources)
+    assert set(notes) == {("test", "synthetic"), ("test", metrics.OVERALL), ("cross", "livec")}
+    assert "no raters' std" in notes[("cross", "livec")]
+    # std from a simulated panel only: fine on the simulated set, not a result on people's
+    simulated = {**mos_only, "synthetic": {"rows": 9, "with_std": 9, "raters": "simulated"}}
+    notes = metric_tables.std_notes(df, simulated, sources)
+    assert set(notes) == {("cross", "livec")}
+    assert (
+        "simulated raters only (synthetic)" in notes[("cross", "livec")] and "human raters" in notes[("cross", "livec")]
+    )
+    # people's std in training: a result everywhere; an old model card (no record): nothing known, no notes
+    human = {**simulated, "livec": {"rows": 9, "with_std": 9, "raters": "human"}}
+    assert metric_tables.std_notes(df, human, sources) == {} == metric_tables.std_notes(df, None, sources)
+    # the headline row leaves a flagged std SRCC out; the detail keeps the number and says why
+    detail = {
+        "cross": {"livec": {"n": 3, "srcc": 0.5, "std_srcc": 0.09}},
+        "test": {"synthetic": {"n": 3, "std_srcc": 0.4}},
+    }
+    metric_tables.mark_std_notes(detail, metric_tables.std_notes(df, simulated, sources))
+    assert detail["cross"]["livec"]["std_srcc"] == 0.09 and "not a result" in detail["cross"]["livec"]["std_note"]
+    rows = metric_tables.headline_rows(detail)
+    assert "std_srcc" not in rows["cross.livec"] and rows["test.synthetic"]["std_srcc"] == 0.4

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import html
 import importlib.util
 import io
 import json
@@ -443,3 +444,22 @@ def test_an_overall_breakdown_is_not_a_copy_of_its_one_dataset_with_provenance()
     assert [x.key for x in breakdown_sets(one)] == ["test/distorted"]
     two = [s("test", "overall", True), s("test", "a", True), s("test", "b", True), s("cross", "sens", True)]
     assert [x.key for x in breakdown_sets(two)] == ["test/overall", "test/a", "test/b", "cross/sens"]
+
+
+def test_a_std_correlation_that_is_not_a_result_is_said_so(outputs):
+    """A model that learnt no spread of people's opinions: the report shows the reason, not the number."""
+    path = outputs / "data/evaluate/metrics.json"
+    detail = json.loads(path.read_text())
+    note = "the predicted std is not a result here: its training data had no raters' std"
+    detail["cross"]["livec"].update(std_note=note, std_srcc=0.0912)
+    detail["test"]["synthetic"]["std_srcc"] = 0.4321
+    path.write_text(json.dumps(detail))
+    page, summary = _build(outputs)
+    row = next(r for r in _section(page, "metrics").split("<tr>") if r.startswith('<td class="l">cross/livec'))
+    assert "not a result" in row and "0.091" not in page and "0.091" not in summary
+    assert note in html.unescape(page) and note in summary
+    assert (
+        "| cross/livec | 12 |" in summary and "not a result" in summary.split("| cross/livec | 12 |")[1].splitlines()[0]
+    )
+    # the other set keeps its number
+    assert "0.432" in summary.split("| test/synthetic | 27 |")[1].splitlines()[0]

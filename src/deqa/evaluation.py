@@ -36,6 +36,17 @@ log = logging.getLogger(__name__)
 QUARANTINE_COLUMNS = ["image", "root", "dataset", "split", "reasons"]
 
 
+def trained_rater_std(model_dir: str | Path) -> dict | None:
+    """The model card's ``training.rater_std`` (:func:`deqa.training.rater_std`): who rated the
+    training data with a std; None where the card has no such record."""
+    import json
+
+    from deqa.modeling import MODEL_CARD
+
+    card = Path(model_dir) / MODEL_CARD
+    return json.loads(card.read_text()).get("training", {}).get("rater_std") if card.exists() else None
+
+
 def quarantined(frame: pd.DataFrame) -> pd.DataFrame:
     """The rows set aside on the way to ``frame`` (columns :data:`QUARANTINE_COLUMNS`)."""
     return pd.DataFrame(list(frame.attrs.get("quarantined", [])), columns=QUARANTINE_COLUMNS)

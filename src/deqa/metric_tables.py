@@ -7,6 +7,9 @@
   :data:`RESULT_KEYS`, each written by :func:`write_headline` as its own file of the DVC metrics
   folder ``metrics/evaluate/`` (so ``dvc metrics show`` prints one line per set and one column per
   key, whatever the pipeline; ``docs/metrics.md``), and :func:`headline_table` for the console;
+- :func:`std_notes` / :func:`mark_std_notes`: where a std correlation is not a result (the model
+  learnt no spread of opinions of the raters the set's std comes from), the detail says why and
+  the headline row leaves ``std_srcc`` out;
 - :func:`plot_tables` / :func:`write_plot_tables`: the data files of the DVC plots.
 
 Everything here is a function of a predictions frame (:data:`deqa.schema.PREDICTION_COLUMNS`) or
@@ -42,7 +45,7 @@ from deqa.metrics import (
     srcc,
     std_correlation,
 )
-from deqa.schema import PROB_COLUMNS
+from deqa.schema import PROB_COLUMNS, rater_kind
 
 LEVEL_NAMES = tuple(f"{k} {name}" for k, name in enumerate(LEVELS, start=1))
 """Level labels used in plot tables: ``"1 bad"``..``"5 excellent"`` (sort in level order)."""
@@ -181,7 +184,8 @@ def headline_rows(detail: dict[str, Any], leave_out: tuple[str, ...] = ("val",))
 
     A row holds :data:`HEADLINE_KEYS`: ``n`` images, SRCC, fitted PLCC, KRCC, fitted RMSE,
     predicted-vs-ground-truth std SRCC, Gaussian KL and, for sets with provenance,
-    ``monotonicity`` (the mean of :func:`deqa.metrics.severity_monotonicity`); floats rounded to
+    ``monotonicity`` (the mean of :func:`deqa.metrics.severity_monotonicity`), but no std SRCC
+    where the detail carries a ``std_note`` (:func:`mark_std_notes`); floats rounded to
     :data:`HEADLINE_ROUND` decimals, undefined values left out. The ``leave_out`` splits are
     skipped unless nothing else was evaluated: ``val`` picks the checkpoint (its numbers are
     optimistic, and ``metrics/train.json`` already holds its SRCC/PLCC).
@@ -191,11 +195,62 @@ def headline_rows(detail: dict[str, Any], leave_out: tuple[str, ...] = ("val",))
     for split in splits:
         for name, group in detail[split].items():
             values = {k: group.get(k) for k in HEADLINE_KEYS}
+            if group.get("std_note"):  # not a result (std_notes): the row does not present it
+                values["std_srcc"] = None
             values["monotonicity"] = (group.get("monotonicity") or {}).get("mean")
             rows[f"{split}.{name}"] = {
                 k: (int(v) if k == "n" else round(float(v), HEADLINE_ROUND)) for k, v in values.items() if v is not None
             }
     return rows
+
+
+def std_notes(
+    predictions: pd.DataFrame, rater_std: dict[str, dict[str, Any]] | None, sources: Any = ()
+) -> dict[tuple[str, str], str]:
+    """Why an evaluated set's std SRCC is not a result: ``{(split, set): reason}``.
+
+    ``rater_std`` is the model card's ``training.rater_std`` (:func:`deqa.training.rater_std`): per
+    training dataset, how many rows carried a raters' std and who the raters were. A set's std
+    correlation measures a learnt spread of opinions only if the model saw the std of the same
+    kind of raters (:func:`deqa.schema.rater_kind`) as the set's: a model trained on MOS only
+    (BIQ2021) learnt none, one trained on simulated panels learnt no spread of people's opinions.
+    ``sources`` (prepare's and evaluate.extra's source configs) name the evaluated datasets' kinds
+    (a dataset no source names counts as human-rated). Sets without any std get no note (their
+    std SRCC is undefined anyway). ``rater_std`` None (a model card from before the record) gives
+    no notes: nothing is known.
+    """
+    if rater_std is None:
+        return {}
+    kinds = {src.name: rater_kind(src.format) for src in sources}
+    learnt = {str(r.get("raters") or kinds.get(n, "human")) for n, r in rater_std.items() if r.get("with_std")}
+    taught = sorted(n for n, r in rater_std.items() if r.get("with_std"))
+    notes: dict[tuple[str, str], str] = {}
+    for split, part in predictions.groupby("split", sort=True):
+        rated = part.loc[np.isfinite(part["s"].to_numpy(float)), "dataset"].astype(str).unique()
+        seen = {name: {kinds.get(name, "human")} for name in rated}
+        if part["dataset"].nunique() > 1 and split != CROSS_SPLIT:  # pooled, as evaluate_predictions
+            seen[OVERALL] = set().union(*seen.values()) if seen else set()
+        for name, kind in seen.items():
+            missing = sorted(kind - learnt)
+            if not missing:
+                continue
+            if not learnt:
+                why = "its training data had no raters' std, so it learnt no spread of opinions"
+            else:
+                why = (
+                    f"it learnt the raters' spread from {' and '.join(sorted(learnt))} raters only "
+                    f"({', '.join(taught)}), and this set's std comes from {' and '.join(missing)} raters"
+                )
+            notes[(str(split), name)] = f"the predicted std is not a result here: {why}"
+    return notes
+
+
+def mark_std_notes(detail: dict[str, Any], notes: dict[tuple[str, str], str]) -> dict[str, Any]:
+    """Put each of :func:`std_notes` into its set of ``detail`` as ``std_note`` (in place; returned)."""
+    for (split, name), note in notes.items():
+        if name in detail.get(split, {}):
+            detail[split][name]["std_note"] = note
+    return detail
 
 
 def write_headline(rows: dict[str, dict[str, Any]], folder: str | Path) -> list[Path]:

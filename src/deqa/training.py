@@ -72,6 +72,7 @@ from deqa.modeling import (
     resolve_checkpoint,
     resolve_modules,
 )
+from deqa.schema import rater_kind
 
 log = logging.getLogger(__name__)
 
@@ -165,22 +166,25 @@ def train(
         "selected": selected(state, tcfg),
     }
     if not interrupted:
-        summary["rater_std"] = rater_std(train_ex)
+        summary["rater_std"] = rater_std(train_ex, {src.name: rater_kind(src.format) for src in params.prepare.sources})
         datasets = sorted(set(train_ex.dataset.tolist()))
         save_final(accelerator, model, state, processor, conv, params, base_dir, out_dir, summary, datasets)
     return summary
 
 
-def rater_std(examples: Examples) -> dict[str, dict[str, int]]:
-    """Per training dataset: its rows and how many carry a raters' std (``{"rows", "with_std"}``).
+def rater_std(examples: Examples, kinds: dict[str, str]) -> dict[str, dict[str, int | str]]:
+    """Per training dataset: its rows, how many carry a raters' std and who the raters were
+    (``{"rows", "with_std", "raters"}``, ``raters`` from :func:`deqa.schema.rater_kind`).
 
-    A model trained without any std (BIQ2021: MOS only) learnt no spread of opinions: its
-    predicted std is not a result, and the evaluation and report say so (model card ``training.rater_std``).
+    A model trained without any std (BIQ2021: MOS only) learnt no spread of opinions, and one
+    whose std came from simulated panels only learnt no spread of people's opinions: where that
+    is so, the evaluation and report say its std correlation is not a result
+    (model card ``training.rater_std``; :func:`deqa.metric_tables.std_notes`).
     """
-    out = {}
+    out: dict[str, dict[str, int | str]] = {}
     for name in sorted(set(examples.dataset.tolist())):
         s = examples.s[examples.dataset == name]
-        out[name] = {"rows": len(s), "with_std": int(np.isfinite(s).sum())}
+        out[name] = {"rows": len(s), "with_std": int(np.isfinite(s).sum()), "raters": kinds.get(name, "human")}
     return out
 
 

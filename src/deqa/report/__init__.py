@@ -95,6 +95,11 @@ def interval(s: Any, key: str) -> str:
     return num(getattr(s, key)) if lo is None or hi is None else f"{num(getattr(s, key))} [{num(lo)}, {num(hi)}]"
 
 
+def std_cell(s: Any) -> str:
+    """A set's std SRCC, or "not a result" where its detail carries a ``std_note``."""
+    return "not a result" if getattr(s, "std_note", None) else num(s.std_srcc)
+
+
 def md_cell(value: Any) -> str:
     """Text safe inside a Markdown table cell."""
     return str(value).replace("|", "\\|").replace("\n", " ")
@@ -113,7 +118,7 @@ def environment() -> Any:
         keep_trailing_newline=True,
     )
     env.filters.update(num=num, signed=signed, md=md_cell)
-    env.globals.update(interval=interval)
+    env.globals.update(interval=interval, std_cell=std_cell)
     return env
 
 

@@ -118,7 +118,9 @@ def set_sentence(s: EvalSet) -> str:
         f"{s.key} ({s.n:,} images, {split_note(s.split)}): SRCC {_interval(s, 'srcc')}, "
         f"{verdict(s.srcc)} agreement with the raters; PLCC {_interval(s, 'plcc')}, RMSE {_num(s.rmse)}"
     )
-    if s.std_srcc is not None:
+    if s.std_note:
+        text += f"; {s.std_note}"
+    elif s.std_srcc is not None:
         text += f"; predicted std vs raters' std SRCC {_num(s.std_srcc)}"
     if s.monotonicity is not None and s.monotonicity.mean is not None:
         text += f"; monotonicity in severity {_num(s.monotonicity.mean)}"

@@ -183,6 +183,7 @@ class EvalSet:
     n_gap: int | None = None
     std_srcc: float | None = None
     std_plcc: float | None = None
+    std_note: str | None = None  # why std_srcc is not a result (deqa.metric_tables.std_notes)
     entropy: float | None = None
     level_acc: float | None = None
     confusion: list | None = None
