@@ -105,7 +105,7 @@ def run_variant(
         record = _split_record(k, scored, summary, reference[assignment == "test"])
         records.append(record)
         predictions.append(scored.assign(study_split=k))
-        log.info("study %s split %d: SRCC %.4f PLCC %.4f std SRCC %.4f", name, k, *(record[m] for m in METRICS[:3]))
+        log.info("study %s split %d: %s", name, k, " ".join(f"{m} {_num(record[m])}" for m in METRICS[:3]))
     return records, pd.concat(predictions, ignore_index=True)
 
 
@@ -130,6 +130,10 @@ def _train_and_score(p: Params, table: pd.DataFrame, base_dir, features) -> tupl
     if len(scored) != int((table["split"] == "test").sum()):
         raise ValueError("the study's held-out images could not all be scored")
     return scored, summary
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 def _split_record(k: int, scored: pd.DataFrame, summary: dict, reference: pd.DataFrame) -> dict:
