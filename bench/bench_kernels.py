@@ -188,6 +188,12 @@ def _clone(work: Path, pipeline: str, size: str) -> Path:
     return repo
 
 
+PRIVATE_CACHES = ("feature-cache", "checkpoints")
+"""The stages' private caches (git- and DVC-ignored, keyed by content, not by kernels): the
+``features`` stage's per-image entries and ``train``'s resume checkpoints. A forced re-run would
+serve the previous setting's tower outputs and resume its finished training from them."""
+
+
 def measure(
     settings: list[str], pipeline: str, size: str, work: Path, save: Path | None = None, rebaseline: bool = False
 ) -> dict:
@@ -209,6 +215,8 @@ def measure(
         }
         print(f"\n== baseline (default kernels, committed in the clone): {results['baseline']['seconds']:.0f} s")
     for name in settings:
+        for private in PRIVATE_CACHES:  # else this setting would reuse the previous one's work
+            shutil.rmtree(repo / pipeline / private, ignore_errors=True)
         t0 = time.perf_counter()
         _run(["dvc", "repro", "--force", str(dvcfile)], repo, KERNEL_SETS[name])
         seconds = time.perf_counter() - t0
