@@ -31,6 +31,7 @@ import csv
 import json
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -110,7 +111,24 @@ def score_cmd(variant: str, model: str, images: Path, out: Path) -> tuple[list[s
         return [str(BIN / "deqa"), *common, "--threads", "1"], _env(1)
     if variant == "1 process, 2 threads":
         return [str(BIN / "deqa"), *common, "--threads", "2"], _env(2)
+    if variant == VARIANTS[3]:  # two array-job tasks side by side (docs/distributed.md); merged after
+        deqa, shards = shlex.quote(str(BIN / "deqa")), [shlex.quote(str(p)) for p in shard_paths(out)]
+        args = shlex.join([*common[:-3], "--no-progress", "--threads", "1"])
+        jobs = " & ".join(f"{deqa} {args} --shard {i}/2 -o {p}" for i, p in enumerate(shards))
+        return ["sh", "-c", f"rm -f {' '.join(shards)}; {jobs} & wait"], _env(1)
     return [str(BIN / "deqa"), "launch", "-n", "2", "--cpu", "--threads", "1", *common], _env(1)
+
+
+def shard_paths(out: Path) -> list[Path]:
+    return [out.with_suffix(f".shard{i}.csv") for i in range(2)]
+
+
+def merge_shards(out: Path) -> float:
+    """``deqa score --merge`` of the shard jobs' outputs into ``out``; its wall time."""
+    t0 = time.perf_counter()
+    cmd = [str(BIN / "deqa"), "score", "--merge", *map(str, shard_paths(out)), "-o", str(out)]
+    subprocess.run(cmd, cwd=REPO, env=_env(1), check=True, capture_output=True)
+    return time.perf_counter() - t0
 
 
 RAY_CHILD = r"""
@@ -155,7 +173,12 @@ def bench_ray(args) -> list[dict]:
     return rows
 
 
-VARIANTS = ("1 process, 1 thread", "1 process, 2 threads", "2 processes (deqa launch), 1 thread each")
+VARIANTS = (
+    "1 process, 1 thread",
+    "1 process, 2 threads",
+    "2 processes (deqa launch), 1 thread each",
+    "2 shard jobs (--shard I/2) side by side",
+)
 
 
 def _scores(path: Path) -> dict[str, float]:
@@ -186,6 +209,8 @@ def bench_score(args) -> list[dict]:
             out.unlink(missing_ok=True)
             cmd, env = score_cmd(variant, args.model, images, out)
             row = {"variant": variant, "round": r, **measure(cmd, env, work / f"score-{i}-{r}.log")}
+            if variant == VARIANTS[3]:  # the merge runs once per cluster job, after the shards: timed apart
+                row["merge_s"] = merge_shards(out)
             scores = _scores(out)
             reference = reference or scores
             row["images"] = len(scores)
@@ -204,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", default=str(REPO / "bench" / "out" / "distributed"))
     ap.add_argument("--model", default="models/deqa")
     ap.add_argument("--images", type=int, default=2000)
-    ap.add_argument("--variants", default="0,1,2", help="score: which of the variants, by index (0,1,2)")
+    ap.add_argument("--variants", default="0,1,2,3", help="score: which of the variants, by index (0,1,2,3)")
     args = ap.parse_args(argv)
     Path(args.work).mkdir(parents=True, exist_ok=True)
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()}")
