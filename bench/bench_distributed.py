@@ -1,15 +1,16 @@
 """Benchmark: training and scoring on 2 CPU processes against 1, side by side in one run.
 
 * ``train``: the default train stage (``stages/train.py``, ``params.yaml``, the default data
-  ``data/soft_labels`` and ``models/base`` from ``dvc repro soft_labels base_model``; read, never
-  written) as one process (``python stages/train.py``) and as two gloo ranks (``deqa launch -n 2
+  ``data/soft_labels``, ``models/base`` and ``data/features`` from ``dvc repro soft_labels features``;
+  read, never written) as one process (``python stages/train.py``) and as two gloo ranks (``deqa launch -n 2
   --cpu stages/train.py``), one torch thread per process, alternating over ``--rounds``; outputs
   under ``--work``. Per run: wall time, CPU time of the whole process tree, optimizer steps and
   steps/s, pairs trained per second (a step of N ranks trains N x ``batch_pairs`` pairs), the val
   SRCC of the selected epoch, and the load average before and after.
 * ``score``: ``deqa score`` on the first ``--images`` sorted BIQ2021 photos
   (``../shared/realdata/biq2021/images``) with ``--model``: one process with one torch thread, one
-  process with two, and ``deqa launch -n 2 --cpu score`` (two ranks of one thread each, each
+  process with two, two ``--shard I/2`` array-job tasks side by side (their ``--merge`` timed
+  apart), and ``deqa launch -n 2 --cpu score`` (two ranks of one thread each, each
   scoring its shard, rank 0 merging), alternating over ``--rounds``. Per run: wall time, images/s,
   CPU time, the peak RSS of the largest process (``ru_maxrss`` of the waited process tree: one
   ``deqa score`` process, or the largest rank), the load average; and the largest score difference
@@ -75,6 +76,7 @@ def measure(cmd: list[str], env: dict[str, str], log: Path) -> dict:
 # ---------------------------------------------------------------------------------------------
 def train_cmd(processes: int, out: Path) -> list[str]:
     stage = ["stages/train.py", "--params", "params.yaml", "--labels", "data/soft_labels", "--base", "models/base"]
+    stage += ["--features", "data/features"]  # the features stage's store: no tower pass in training
     stage += ["--out", str(out / "model"), "--checkpoints", str(out / "ckpt"), "--live", str(out / "live")]
     stage += ["--metrics", str(out / "metrics.json")]
     if processes == 1:
