@@ -247,3 +247,19 @@ def test_other_cpu_kernels_pass_the_gate_and_a_real_regression_does_not(tmp_path
     tiny_repo.run([tiny_repo.DVC, "repro"], clone)
     ok, out = _gate(clone)
     assert not ok and "FAIL train" in out and "FAIL evaluate" in out, out
+
+
+def test_inputs_made_by_other_stages_are_checked_where_they_are_made():
+    """A dep that is another stage's output, a file in one or a folder of outputs (report reads
+    dvclive/train, train writes dvclive/train/metrics.json and .../plots/metrics) may differ;
+    any other dep, the command or a params value may not."""
+    from deqa.gate import changed_inputs
+
+    def lock(curves: str, labels: str, lr: float) -> dict:
+        deps = [{"path": "dvclive/train", "md5": curves}, {"path": "data/labels.csv", "md5": labels}]
+        return {"stages": {"report": {"cmd": "python r.py", "deps": deps, "params": {"params.yaml": {"lr": lr}}}}}
+
+    made = {"dvclive/train/metrics.json", "dvclive/train/plots/metrics"}
+    assert changed_inputs(lock("a", "x", 1.0), lock("b", "x", 1.0), "report", made) == []
+    assert changed_inputs(lock("a", "x", 1.0), lock("b", "y", 2.0), "report", made) == ["params lr", "data/labels.csv"]
+    assert changed_inputs(lock("a", "x", 1.0), lock("b", "x", 1.0), "report", set()) == ["dvclive/train"]

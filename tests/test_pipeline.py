@@ -82,7 +82,7 @@ def test_repro_is_a_no_op_the_second_time(repo):
 def test_a_code_edit_makes_exactly_its_importers_stale(work):
     tiny = work / "src" / "deqa" / "tiny.py"
     tiny.write_text(tiny.read_text() + "\n# an edit\n")
-    assert _changed_stages(work) == {"base_model", "train", "evaluate"}
+    assert _changed_stages(work) == {"base_model", "features", "train", "evaluate"}  # the tower runs in features
     run(["git", "checkout", "--", "src/deqa/tiny.py"], work)
     losses = work / "src" / "deqa" / "losses.py"
     losses.write_text(losses.read_text() + "\n# an edit\n")
@@ -169,8 +169,8 @@ def _use_external_set(work: Path, labels: str, root: str, declare: str | None, r
     ]
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     dvc = yaml.safe_load((work / "dvc.yaml").read_text())
-    if declare:  # wherever the set is read: scored by evaluate, thumbnails in the report
-        for stage in ("evaluate", "report"):
+    if declare:  # wherever the set is read: its tower outputs, scored by evaluate, thumbnails in the report
+        for stage in ("features", "evaluate", "report"):
             dvc["stages"][stage]["deps"].append(declare)
     (work / "dvc.yaml").write_text(yaml.safe_dump(dvc, sort_keys=False))
     run(["git", "commit", "-qam", "an external evaluation set"], work)
@@ -182,7 +182,7 @@ def test_an_undeclared_external_set_is_refused_with_the_dep_to_add(work, tmp_pat
     res = run([DVC, "repro", "evaluate"], work, check=False)
     assert res.returncode != 0
     assert (
-        "error: evaluate.extra[0].labels: ../ext/labels.csv is read by stage 'evaluate' but is not among its "
+        "error: evaluate.extra[0].labels: ../ext/labels.csv is read by stage 'features' but is not among its "
         "deps in dvc.yaml; add `- ../ext/labels.csv` to its deps"
     ) in res.stdout + res.stderr
 

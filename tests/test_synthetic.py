@@ -280,3 +280,48 @@ def test_distorted_photos_bad_arguments(distorted, tmp_path):
         generate_from_photos(photos, tmp_path, distortions=("sepia",), progress=False)
     with pytest.raises(SyntheticError, match="no source photos"):
         generate_from_photos([], tmp_path, progress=False)
+
+
+# ------------------------------------------------------------------------------------------
+# the same bits on every CPU: prepare is byte-exact in gate.yaml (project issue 21)
+# ------------------------------------------------------------------------------------------
+QUALITY_DIGEST = """
+import hashlib
+import numpy as np
+from skimage import data
+from deqa import distortions as D, synthetic as S
+crops = S.random_crops(data.astronaut(), 3, 96, np.random.default_rng(0))
+out = []
+for k, crop in enumerate(crops):
+    grey0 = S._grey(crop)
+    out.append(float(S.pristine_quality(grey0)).hex())
+    for name in ("gaussian_blur", "saturation", "jpeg"):
+        dist = D.DISTORTIONS[name]
+        v = D.to_uint8(dist.fn(crop.astype(np.float32) / 255.0, dist.level(3, 5), np.random.default_rng(k)))
+        out += [hashlib.md5(v.tobytes()).hexdigest(), S._ssim(v, grey0).hex()]
+print(hashlib.md5(" ".join(out).encode()).hexdigest())
+"""
+
+
+def test_ssim_and_latent_quality_are_the_same_bits_under_other_cpu_kernels():
+    """OpenBLAS's dot-product kernels (by CPU model) changed the luma, hence the SSIM, the latent
+    quality and synthetic_meta.csv, on an SSE-only machine: the luma is elementwise now."""
+    import os
+    import subprocess
+    import sys
+
+    from deqa.gate import KERNEL_SETS, KERNEL_VARIABLES
+
+    env = {k: v for k, v in os.environ.items() if k not in KERNEL_VARIABLES}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1] / "src")
+    digests = {
+        name: subprocess.run(
+            [sys.executable, "-c", QUALITY_DIGEST],
+            env={**env, **KERNEL_SETS[name]},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        for name in ("default", "openblas-sandybridge", "numpy-baseline", "sse-machine")
+    }
+    assert len(set(digests.values())) == 1, digests

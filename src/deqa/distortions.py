@@ -77,8 +77,22 @@ def _motion_blur(img, length, rng):
     return fftconvolve(padded, kernel[:, :, None], mode="valid", axes=(0, 1)).astype(np.float32)
 
 
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+"""BT.601 luma weights of R, G, B."""
+
+
+def luma(img: np.ndarray) -> np.ndarray:
+    """The luma of a float32 ``(..., 3)`` image, from elementwise products and sums only.
+
+    ``img @ LUMA`` would go to the BLAS, whose dot-product kernels (picked by CPU model) round
+    differently in the last bit, so the distorted images, SSIMs and latent qualities of the
+    deterministic stages would differ between machines.
+    """
+    return img[..., 0] * LUMA[0] + img[..., 1] * LUMA[1] + img[..., 2] * LUMA[2]
+
+
 def _saturation(img, factor, rng):
-    grey = img @ np.array([0.299, 0.587, 0.114], np.float32)
+    grey = luma(img)
     return grey[..., None] + factor * (img - grey[..., None])
 
 

@@ -208,8 +208,8 @@ def lock_outputs(lock: dict | None, stage: str) -> dict[str, str]:
 
 def changed_inputs(committed: dict | None, current: dict | None, stage: str, made_here: set[str]) -> list[str]:
     """What a stage ran with that the committed ``dvc.lock`` does not record: its command, a
-    params value, or a dep's hash. Deps inside ``made_here`` are left out: the outputs of the
-    pipeline's other stages, checked where they are made (those of ``tolerance`` stages
+    params value, or a dep's hash. Deps inside ``made_here`` (or folders of its paths) are left
+    out: the outputs of the pipeline's other stages, checked where they are made (those of ``tolerance`` stages
     legitimately differ across CPUs, those of ``exact`` stages fail their own stage)."""
     old, new = _lock_entry(committed, stage), _lock_entry(current, stage)
     out = ["cmd"] if old.get("cmd") != new.get("cmd") else []
@@ -224,7 +224,10 @@ def changed_inputs(committed: dict | None, current: dict | None, stage: str, mad
         if ((old.get("params") or {}).get(f) or {}).get(k) != ((new.get("params") or {}).get(f) or {}).get(k)
     )
     deps = [{d["path"]: d.get("md5") for d in entry.get("deps", [])} for entry in (old, new)]
-    inside = lambda p: any(p == o or p.startswith(o.rstrip("/") + "/") for o in made_here)  # noqa: E731
+
+    def inside(p: str) -> bool:  # an output, a file in one, or a folder of outputs (dvclive/train)
+        return any(p == o or p.startswith(o.rstrip("/") + "/") or o.startswith(p.rstrip("/") + "/") for o in made_here)
+
     out += sorted(p for p in set(deps[0]) | set(deps[1]) if not inside(p) and deps[0].get(p) != deps[1].get(p))
     return out
 

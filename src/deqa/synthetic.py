@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from deqa.distortions import DISTORTIONS, SyntheticError, check_distortions, fresh_folder, write_versions
+from deqa.distortions import DISTORTIONS, SyntheticError, check_distortions, fresh_folder, luma, write_versions
 from deqa.labels import normalise
 from deqa.schema import DEFAULT_DISTORTIONS
 
@@ -116,7 +116,8 @@ def random_crops(photo: np.ndarray, n: int, size: int, rng: np.random.Generator)
 # quality model and raters
 # --------------------------------------------------------------------------------------------
 def _grey(u8: np.ndarray) -> np.ndarray:
-    return (u8.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)) / 255.0
+    """Luma in [0, 1], float32 (:func:`deqa.distortions.luma`: the same bits on any CPU)."""
+    return luma(u8.astype(np.float32)) / np.float32(255.0)
 
 
 def pristine_quality(grey: np.ndarray) -> float:
