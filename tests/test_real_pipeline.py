@@ -11,11 +11,9 @@ with only sizes shrunk. A broken photo and a MOS outside [lo, hi] are quarantine
 import json
 import shutil
 
-import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from PIL import Image, ImageFilter
 
 import tiny_repo
 from tiny_repo import DVC, ROOT, run
@@ -25,19 +23,7 @@ pytestmark = pytest.mark.slow
 
 def _rated_folder(folder, n, seed, columns=("image", "mos")):
     """``n`` 96-px photos, each a crop blurred by a random radius; MOS = 1 - radius/3 on [0, 1]."""
-    from skimage import data
-
-    rng = np.random.default_rng(seed)
-    photos = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket()]
-    (folder / "images").mkdir(parents=True)
-    rows = []
-    for i in range(n):
-        photo = photos[i % len(photos)]
-        y, x = rng.integers(0, photo.shape[0] - 160), rng.integers(0, photo.shape[1] - 160)
-        radius = float(rng.uniform(0, 3))
-        img = Image.fromarray(photo[y : y + 160, x : x + 160]).resize((96, 96)).filter(ImageFilter.GaussianBlur(radius))
-        img.save(folder / "images" / f"p{i:03d}.png")
-        rows.append({"image": f"images/p{i:03d}.png", "mos": round(1 - radius / 3, 4)})
+    rows = [{"image": f, "mos": round(1 - r / 3, 4)} for f, r in tiny_repo.blurred_photos(folder, n, seed, 96, "p")]
     return pd.DataFrame(rows)[list(columns)]
 
 

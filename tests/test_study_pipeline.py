@@ -9,11 +9,9 @@ params, in a clone where the other pipelines never ran, re-runs that variant and
 import json
 import shutil
 
-import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from PIL import Image, ImageFilter
 
 import tiny_repo
 from tiny_repo import DVC, ROOT, run
@@ -22,22 +20,11 @@ pytestmark = pytest.mark.slow
 
 
 def _livec_like(folder, n=40, seed=0):
-    from skimage import data
-
-    rng = np.random.default_rng(seed)
-    photos = [data.astronaut(), data.coffee(), data.chelsea()]
-    (folder / "images").mkdir(parents=True)
-    rows = []
-    for i in range(n):
-        photo = photos[i % len(photos)]
-        y, x = rng.integers(0, photo.shape[0] - 160), rng.integers(0, photo.shape[1] - 160)
-        radius = float(rng.uniform(0, 3))
-        img = Image.fromarray(photo[y : y + 160, x : x + 160]).resize((64, 64)).filter(ImageFilter.GaussianBlur(radius))
-        img.save(folder / "images" / f"i{i:03d}.png")
-        mos = 100 * (1 - radius / 3)
-        rows.append(
-            {"file": f"images/i{i:03d}.png", "mos": round(mos, 3), "std": round(8 + 6 * radius, 3), "split": "test"}
-        )
+    """LIVE-C's label layout: a MOS on 0..100 and a raters' std that grows with the blur."""
+    rows = [
+        {"file": f, "mos": round(100 * (1 - r / 3), 3), "std": round(8 + 6 * r, 3), "split": "test"}
+        for f, r in tiny_repo.blurred_photos(folder, n, seed, 64, "i", photos=3)
+    ]
     pd.DataFrame(rows).to_csv(folder / "labels.csv", index=False)
 
 

@@ -106,3 +106,29 @@ def clone(repo: Path, dest: Path) -> Path:
     run([DVC, "config", "--local", "core.analytics", "false"], dest)
     run([DVC, "checkout", "-q"], dest)
     return dest
+
+
+def blurred_photos(folder: Path, n: int, seed: int, size: int, prefix: str, photos: int = 4) -> list[tuple[str, float]]:
+    """``n`` stand-in rated photos under ``folder/images``: ``size``-px crops of scikit-image's
+    photos, each blurred by a random radius in [0, 3); ``(file relative to folder, radius)`` each
+    (the larger the radius, the worse the photo)."""
+    import numpy as np
+    from PIL import Image, ImageFilter
+    from skimage import data
+
+    rng = np.random.default_rng(seed)
+    sources = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket()][:photos]
+    (folder / "images").mkdir(parents=True)
+    out = []
+    for i in range(n):
+        photo = sources[i % len(sources)]
+        y, x = rng.integers(0, photo.shape[0] - 160), rng.integers(0, photo.shape[1] - 160)
+        radius = float(rng.uniform(0, 3))
+        img = (
+            Image.fromarray(photo[y : y + 160, x : x + 160])
+            .resize((size, size))
+            .filter(ImageFilter.GaussianBlur(radius))
+        )
+        img.save(folder / "images" / f"{prefix}{i:03d}.png")
+        out.append((f"images/{prefix}{i:03d}.png", radius))
+    return out
